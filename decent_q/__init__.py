@@ -1,0 +1,27 @@
+"""decent_q: power-of-two quantization of TensorFlow graphs for DPUs and CPUs.
+
+The Vitis AI TensorFlow quantizer API (``vai_q_tensorflow``, ``tensorflow.contrib.decent_q``)
+on TensorFlow 2 in ``tf.compat.v1`` graph mode. Importing decent_q registers the FixNeuron op.
+"""
+
+import _decent_q_contrib
+
+_decent_q_contrib.install()
+
+# pylint: disable=wrong-import-position
+from decent_q.config import QuantizeConfig
+from decent_q.errors import ConfigError, QuantizeError
+from decent_q.ops import Mode, Phase, fix_neuron, load_library
+from decent_q.version import __version__
+
+load_library()
+
+__all__ = [
+    "QuantizeConfig",
+    "QuantizeError",
+    "ConfigError",
+    "Mode",
+    "Phase",
+    "fix_neuron",
+    "__version__",
+]

@@ -1,0 +1,207 @@
+"""QuantizeConfig: every quantization option, its default and its validation, in one place.
+
+The Python API and the ``vai_q_tensorflow`` command share these defaults (the CLI builds its
+options from :data:`OPTIONS`), which fixes the original's API/CLI default mismatch.
+"""
+
+import dataclasses
+import re
+from typing import Dict, List, Optional
+
+from decent_q.errors import ConfigError
+
+ARCH_TYPES = ("DEFAULT", "DPUCADF8H")
+
+
+def _opt(default, help_text, choices=None, cli=True):
+    metadata = {"help": help_text, "choices": choices, "cli": cli}
+    if isinstance(default, list):
+        return dataclasses.field(default_factory=list, metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+@dataclasses.dataclass
+class QuantizeConfig:
+    """Configuration of quantization, for QAT (the Create* APIs) and post-training quantize.
+
+    List options take a Python list or the CLI's comma-separated string; ``input_shapes`` also
+    takes the CLI form ``"?,224,224,3:?,300,300,1"``; ``nodes_bit`` / ``nodes_method`` take
+    ``["name:value", ...]``, ``"name:value,..."`` or a ``{name: value}`` dict.
+
+    Raises:
+      ConfigError: a value is out of range; the message names the field and allowed values.
+    """
+
+    input_nodes: List[str] = _opt([], "names of the input nodes of the quantized range, comma "
+                                      "separated")
+    output_nodes: List[str] = _opt([], "names of the output nodes of the quantized range, comma "
+                                       "separated")
+    input_shapes: List[List[int]] = _opt([], "4-D shape of each input node, e.g. ?,224,224,3; "
+                                             "several separated by ':'")
+    ignore_nodes: List[str] = _opt([], "nodes left unquantized, comma separated")
+    weight_bit: int = _opt(8, "bit width of weights and biases (2..16)")
+    activation_bit: int = _opt(8, "bit width of activations (2..16)")
+    nodes_bit: Dict[str, int] = _opt([], "per-node bit width 'name:bit,...'; a conv name sets "
+                                         "its weights")
+    method: int = _opt(1, "0 non-overflow, 1 min-diffs, 2 min-diffs with depthwise strategy",
+                       choices=(0, 1, 2))
+    nodes_method: Dict[str, int] = _opt([], "per-node method 'name:method,...'")
+    calib_iter: int = _opt(100, "number of calibration batches")
+    output_dir: str = _opt("./quantize_results", "folder of the output files")
+    align_concat: int = _opt(0, "0 align all concats, 1 output concats only, 2 none",
+                             choices=(0, 1, 2))
+    simulate_dpu: int = _opt(1, "1 simulates the DPU's AvgPool / LeakyRelu / hard-sigmoid "
+                                "arithmetic", choices=(0, 1))
+    adjust_shift_bias: int = _opt(1, "0 off, 1 static, 2 dynamic shift-bias constraints",
+                                  choices=(0, 1, 2))
+    adjust_shift_cut: int = _opt(1, "0 off, 1 static shift-cut constraints", choices=(0, 1))
+    arch_type: str = _opt("DEFAULT", "DEFAULT or DPUCADF8H (activations in [-127, 127])",
+                          choices=ARCH_TYPES)
+    scale_all_avgpool: int = _opt(1, "1 scales every AvgPool (kernel area <= 256) like the DPU",
+                                  choices=(0, 1))
+    do_cle: int = _opt(0, "1 runs cross-layer equalization before calibration", choices=(0, 1))
+    replace_relu6: int = _opt(1, "with do_cle=1: 1 replaces Relu6 by Relu", choices=(0, 1))
+    skip_check: int = _opt(0, "1 skips the float model check", choices=(0, 1))
+    fold_bn_freeze_step: int = _opt(
+        -1, "QAT: global step after which folded batch norms use moving statistics instead of "
+            "batch statistics with correction; -1 never freezes, 0 uses moving statistics only "
+            "(the original's behaviour)", cli=False)
+    max_dump_batches: int = _opt(1, "dump: number of batches to dump")
+    dump_float: int = _opt(0, "dump: 1 also dumps float values", choices=(0, 1))
+    dump_input_tensors: str = _opt("", "dump: input tensor name when the graph entrance is not a "
+                                       "placeholder")
+    gpu: str = _opt("0", "GPU ids to use, comma separated")
+    gpu_memory_fraction: float = _opt(0.5, "GPU memory fraction to use, in (0, 1]")
+
+    def __post_init__(self):
+        self.input_nodes = _names(self.input_nodes, "input_nodes")
+        self.output_nodes = _names(self.output_nodes, "output_nodes")
+        self.ignore_nodes = _names(self.ignore_nodes, "ignore_nodes")
+        self.input_shapes = _shapes(self.input_shapes)
+        self.nodes_bit = _pairs(self.nodes_bit, "nodes_bit", "bit width")
+        self.nodes_method = _pairs(self.nodes_method, "nodes_method", "method")
+        for field in dataclasses.fields(self):
+            choices = field.metadata["choices"]
+            value = getattr(self, field.name)
+            if choices and value not in choices:
+                raise ConfigError(f"{field.name}={value!r} is not allowed; use one of "
+                                  f"{', '.join(map(str, choices))}")
+        for name in ("weight_bit", "activation_bit"):
+            _check_bit(getattr(self, name), name)
+        for node, bit in self.nodes_bit.items():
+            _check_bit(bit, f"nodes_bit entry {node!r}")
+        for node, method in self.nodes_method.items():
+            if method not in (0, 1, 2):
+                raise ConfigError(f"nodes_method entry {node!r} has method {method}; use 0, 1 "
+                                  "or 2")
+        if not isinstance(self.calib_iter, int) or self.calib_iter <= 0:
+            raise ConfigError(f"calib_iter={self.calib_iter!r} must be a positive integer")
+        if not isinstance(self.max_dump_batches, int) or self.max_dump_batches <= 0:
+            raise ConfigError(f"max_dump_batches={self.max_dump_batches!r} must be a positive "
+                              "integer")
+        if not 0.0 < float(self.gpu_memory_fraction) <= 1.0:
+            raise ConfigError(f"gpu_memory_fraction={self.gpu_memory_fraction!r} must be in "
+                              "(0, 1]")
+        if not isinstance(self.fold_bn_freeze_step, int) or self.fold_bn_freeze_step < -1:
+            raise ConfigError(f"fold_bn_freeze_step={self.fold_bn_freeze_step!r} must be an "
+                              "integer >= -1")
+        if self.input_shapes and len(self.input_shapes) != len(self.input_nodes):
+            raise ConfigError(f"input_shapes has {len(self.input_shapes)} shape(s) but "
+                              f"input_nodes has {len(self.input_nodes)} node(s); give one 4-D "
+                              "shape per input node")
+
+    def require_nodes(self):
+        """Raises ConfigError unless input_nodes, output_nodes and input_shapes are set."""
+        for name in ("input_nodes", "output_nodes", "input_shapes"):
+            if not getattr(self, name):
+                raise ConfigError(f"{name} is required, e.g. "
+                                  + {"input_nodes": "input_nodes=['input']",
+                                     "output_nodes": "output_nodes=['logits']",
+                                     "input_shapes": "input_shapes=[[-1, 224, 224, 3]]"}[name])
+
+    def bit_width(self, name: str, default: int) -> int:
+        """The bit width for node ``name`` (nodes_bit wins over ``default``)."""
+        return self.nodes_bit.get(name, default)
+
+    def method_for(self, name: str) -> int:
+        """The method for node ``name`` (nodes_method wins over ``method``)."""
+        return self.nodes_method.get(name, self.method)
+
+
+
+def _names(value, field) -> List[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        value = value.split(",")
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(f"{field} must be a list of node names or a comma-separated string, "
+                          f"got {type(value).__name__}")
+    names = []
+    for item in value:
+        if not isinstance(item, str):
+            raise ConfigError(f"{field} entries must be node names (strings), got {item!r}")
+        item = item.strip()
+        if item:
+            names.append(item[:-2] if item.endswith(":0") else item)  # tensor -> node
+    return names
+
+
+def _shapes(value) -> List[List[int]]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        value = [s.split(",") for s in value.split(":") if s.strip()]
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(f"input_shapes must be a list of 4-D shapes, got {value!r}")
+    shapes = []
+    for shape in value:
+        if not isinstance(shape, (list, tuple)) or len(shape) != 4:
+            raise ConfigError(f"input_shapes entry {shape!r} is not a 4-D shape; write e.g. "
+                              "[-1, 224, 224, 3] (or ?,224,224,3 on the command line)")
+        dims = []
+        for dim in shape:
+            text = str(dim).strip()
+            if text in ("?", "-1", "None"):
+                dims.append(-1)
+            elif re.fullmatch(r"\d+", text) and int(text) > 0:
+                dims.append(int(text))
+            else:
+                raise ConfigError(f"input_shapes entry {shape!r} has dimension {dim!r}; use a "
+                                  "positive integer, or ? / -1 for an unknown size")
+        shapes.append(dims)
+    return shapes
+
+
+def _pairs(value, field, what) -> Dict[str, int]:
+    if value is None:
+        return {}
+    if isinstance(value, dict):
+        items = list(value.items())
+    else:
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v.strip()]
+        items = []
+        for entry in value:
+            parts = str(entry).rsplit(":", 1)
+            if len(parts) != 2 or not parts[0].strip():
+                raise ConfigError(f"{field} entry {entry!r} is not 'name:{what}'; write e.g. "
+                                  f"'conv1/Relu:8'")
+            items.append((parts[0].strip(), parts[1].strip()))
+    pairs = {}
+    for name, number in items:
+        try:
+            pairs[str(name)] = int(number)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{field} entry '{name}:{number}' needs an integer {what}") from None
+    return pairs
+
+
+def _check_bit(value, field):
+    if not isinstance(value, int) or isinstance(value, bool) or not 2 <= value <= 16:
+        raise ConfigError(f"{field}={value!r} is not allowed; use an integer bit width from 2 "
+                          "to 16")
+
+
+OPTIONS = tuple(dataclasses.fields(QuantizeConfig))
+DEFAULTS = QuantizeConfig()

@@ -1,0 +1,58 @@
+"""decent_q: power-of-two quantization of TensorFlow graphs (Vitis AI vai_q_tensorflow API).
+
+The FixNeuron kernel (ops/) is compiled on first import against the TensorFlow that is running,
+into a cache keyed by the TensorFlow version (see decent_q/_build.py), so the installed wheel is
+pure Python and never mismatches the TensorFlow binary.
+"""
+
+import os
+import shutil
+
+from setuptools import setup
+from setuptools.command.build_py import build_py
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+class BuildPy(build_py):
+    """Ships the kernel source inside the package and the contrib import hook (.pth)."""
+
+    def run(self):
+        super().run()
+        src_dir = os.path.join(self.build_lib, "decent_q", "ops_src")
+        os.makedirs(src_dir, exist_ok=True)
+        for name in sorted(os.listdir(os.path.join(HERE, "ops"))):
+            if name.endswith((".cc", ".h")):
+                shutil.copy(os.path.join(HERE, "ops", name), src_dir)
+        with open(os.path.join(self.build_lib, "decent-q-contrib.pth"), "w") as f:
+            f.write("import _decent_q_contrib; _decent_q_contrib.install()\n")
+
+
+def _version():
+    with open(os.path.join(HERE, "decent_q", "version.py")) as f:
+        return f.read().split('"')[1]
+
+
+setup(
+    name="decent_q",
+    version=_version(),
+    description="Power-of-two (DPU) quantization of TensorFlow graphs: QAT and post-training",
+    long_description=open(os.path.join(HERE, "README.md")).read(),
+    long_description_content_type="text/markdown",
+    packages=["decent_q", "decent_q.graph", "decent_q.transforms"],
+    py_modules=["_decent_q_contrib"],
+    python_requires=">=3.9",
+    install_requires=[
+        "tensorflow>=2.16,<2.22",
+        "tf-keras>=2.16,<2.22",
+        "tf-slim>=1.1",
+        "numpy",
+    ],
+    extras_require={"test": ["pytest", "mlxtend"], "examples": ["mlxtend"]},
+    entry_points={"console_scripts": [
+        "vai_q_tensorflow=decent_q.cli:main",
+        "decent_q=decent_q.cli:main",
+        "freeze_graph=decent_q.freeze:main",
+    ]},
+    cmdclass={"build_py": BuildPy},
+)
