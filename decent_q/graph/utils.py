@@ -1,0 +1,239 @@
+"""GraphDef helpers: names, node maps, consumers, the quantized range, loading and saving."""
+
+import collections
+import difflib
+import heapq
+import os
+import tempfile
+
+import tensorflow as tf
+from google.protobuf import message as pb_message
+
+from decent_q.errors import QuantizeError
+
+
+def node_name(tensor_or_input):
+    """'^a', 'a:1', 'a' -> 'a'."""
+    name = tensor_or_input[1:] if tensor_or_input.startswith("^") else tensor_or_input
+    head, _, tail = name.rpartition(":")
+    return head if head and tail.isdigit() else name
+
+
+def tensor_name(name):
+    """'a' -> 'a:0'; 'a:1' stays."""
+    name = name[1:] if name.startswith("^") else name
+    head, _, tail = name.rpartition(":")
+    return name if head and tail.isdigit() else name + ":0"
+
+
+def is_control(inp):
+    return inp.startswith("^")
+
+
+class NodeMap:
+    """Name -> NodeDef and tensor -> consumers of a GraphDef, in the GraphDef's order."""
+
+    def __init__(self, graph_def):
+        self.graph_def = graph_def
+        self.nodes = collections.OrderedDict((n.name, n) for n in graph_def.node)
+        self.consumers = collections.defaultdict(list)  # 'a:0' -> [(node, input index)]
+        self.control_consumers = collections.defaultdict(list)
+        self._users = collections.defaultdict(dict)  # node name -> {consumer name: consumer}
+        for node in graph_def.node:
+            for i, inp in enumerate(node.input):
+                if is_control(inp):
+                    self.control_consumers[node_name(inp)].append(node)
+                else:
+                    self.consumers[tensor_name(inp)].append((node, i))
+                    self._users[node_name(inp)][node.name] = node
+
+    def __getitem__(self, name):
+        return self.nodes[name]
+
+    def __contains__(self, name):
+        return name in self.nodes
+
+    def get(self, name):
+        return self.nodes.get(node_name(name))
+
+    def producer(self, inp):
+        return self.nodes.get(node_name(inp))
+
+    def data_inputs(self, node):
+        return [i for i in node.input if not is_control(i)]
+
+    def input_node(self, node, index):
+        return self.producer(self.data_inputs(node)[index])
+
+    def node_consumers(self, name):
+        """All data consumers of any output of node `name`, in graph order, without repeats."""
+        return list(self._users.get(name, {}).values())
+
+
+def check_nodes_exist(node_map, names, what):
+    """Raises QuantizeError naming the first missing node and the closest existing names."""
+    for name in names:
+        if node_name(name) not in node_map:
+            close = difflib.get_close_matches(node_name(name), list(node_map.nodes), n=3)
+            hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else \
+                "; run 'vai_q_tensorflow inspect' to list candidate nodes"
+            raise QuantizeError(f"{what} {name!r} is not in the graph{hint}")
+
+
+def topological_order(graph_def):
+    """Node names in a topological order that follows the GraphDef's own order on ties."""
+    nodes = {n.name: n for n in graph_def.node}
+    position = {n.name: i for i, n in enumerate(graph_def.node)}
+    indegree = {name: 0 for name in nodes}
+    users = collections.defaultdict(list)
+    for node in graph_def.node:
+        for inp in set(node_name(i) for i in node.input):
+            if inp in nodes:
+                indegree[node.name] += 1
+                users[inp].append(node.name)
+    ready = [(position[n], n) for n, d in indegree.items() if d == 0]
+    heapq.heapify(ready)
+    order = []
+    while ready:
+        _, name = heapq.heappop(ready)
+        order.append(name)
+        for user in users[name]:
+            indegree[user] -= 1
+            if indegree[user] == 0:
+                heapq.heappush(ready, (position[user], user))
+    if len(order) != len(nodes):
+        # Cycles (while loops): keep the remaining nodes in GraphDef order.
+        done = set(order)
+        order += [n.name for n in graph_def.node if n.name not in done]
+    return order
+
+
+def range_nodes(node_map, input_nodes, output_nodes):
+    """Names of the nodes between input_nodes and output_nodes (both included): ancestors of an
+    output that are reached from an input without passing through another input."""
+    inputs = set(input_nodes)
+    ancestors = set()
+    stack = list(output_nodes)
+    while stack:
+        name = stack.pop()
+        if name in ancestors or name not in node_map:
+            continue
+        ancestors.add(name)
+        if name in inputs:
+            continue
+        stack.extend(node_name(i) for i in node_map[name].input if not is_control(i))
+    forward = set()
+    stack = [n for n in input_nodes if n in ancestors]
+    while stack:
+        name = stack.pop()
+        if name in forward:
+            continue
+        forward.add(name)
+        stack.extend(c.name for c in node_map.node_consumers(name) if c.name in ancestors)
+    return forward
+
+
+def load_graph_def(path):
+    """Reads a frozen GraphDef (binary or text) and explains every way that can go wrong."""
+    if os.path.isdir(path):
+        if os.path.exists(os.path.join(path, "saved_model.pb")):
+            raise QuantizeError(
+                f"{path} is a SavedModel folder, not a frozen graph; freeze it first, e.g. "
+                "'freeze_graph --input_saved_model_dir ... --output_graph frozen.pb "
+                "--output_node_names ...'")
+        raise QuantizeError(f"{path} is a folder; give the path of a frozen graph .pb file")
+    if not os.path.exists(path):
+        raise QuantizeError(f"input graph {path} does not exist; check the path")
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as err:
+        raise QuantizeError(f"cannot read input graph {path}: {err.strerror}") from err
+    if not data:
+        raise QuantizeError(f"input graph {path} is empty; re-export the frozen graph")
+    graph_def = tf.compat.v1.GraphDef()
+    try:
+        graph_def.ParseFromString(data)
+    except (pb_message.DecodeError, RuntimeError, ValueError):
+        from google.protobuf import text_format  # pylint: disable=import-outside-toplevel
+        try:
+            text_format.Merge(data.decode("utf-8"), graph_def)
+        except (UnicodeDecodeError, text_format.ParseError) as err:
+            raise QuantizeError(f"input graph {path} is not a TensorFlow GraphDef (binary or "
+                                "text); it may be truncated or another file type") from err
+    if not graph_def.node:
+        raise QuantizeError(f"input graph {path} holds no nodes; it is not a frozen GraphDef")
+    return graph_def
+
+
+def write_atomic(path, data):
+    """Writes bytes to path through a temporary file and a rename: readers see the old file or
+    the complete new one, never a partial file."""
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def prepare_output_dir(path):
+    """Creates output_dir if needed; raises QuantizeError if it is a file or not writable."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise QuantizeError(f"output_dir {path} is a file; give a folder path")
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as err:
+        raise QuantizeError(f"cannot create output_dir {path}: {err.strerror}; choose a "
+                            "writable folder") from err
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise QuantizeError(f"output_dir {path} is not writable; choose a writable folder")
+    return path
+
+
+def save_graph_def(graph_def, path):
+    """Serializes deterministically and writes atomically."""
+    write_atomic(path, graph_def.SerializeToString(deterministic=True))
+    return path
+
+
+def make_node(op, name, inputs=(), **attrs):
+    """A NodeDef with attributes given as tf.compat.v1.AttrValue or plain Python values."""
+    node = tf.compat.v1.NodeDef(op=op, name=name, input=list(inputs))
+    for key, value in attrs.items():
+        node.attr[key].CopyFrom(value if isinstance(value, tf.compat.v1.AttrValue)
+                                else attr_value(value))
+    return node
+
+
+def attr_value(value):
+    if isinstance(value, bool):
+        return tf.compat.v1.AttrValue(b=value)
+    if isinstance(value, int):
+        return tf.compat.v1.AttrValue(i=value)
+    if isinstance(value, float):
+        return tf.compat.v1.AttrValue(f=value)
+    if isinstance(value, str):
+        return tf.compat.v1.AttrValue(s=value.encode())
+    if isinstance(value, tf.DType):
+        return tf.compat.v1.AttrValue(type=value.as_datatype_enum)
+    if isinstance(value, (list, tuple)) and all(isinstance(v, int) for v in value):
+        return tf.compat.v1.AttrValue(list=tf.compat.v1.AttrValue.ListValue(i=list(value)))
+    raise TypeError(f"unsupported attr value {value!r}")
+
+
+def const_node(name, array, dtype=None):
+    array = array if dtype is None else array.astype(dtype)
+    return make_node("Const", name, dtype=tf.as_dtype(array.dtype),
+                     value=tf.compat.v1.AttrValue(tensor=tf.make_tensor_proto(array)))
+
+
+def const_value(node):
+    """The numpy value of a Const node."""
+    return tf.make_ndarray(node.attr["value"].tensor)

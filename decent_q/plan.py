@@ -1,0 +1,426 @@
+"""Where FixNeurons go: find the quantization points of a graph, then apply them.
+
+One finder (:func:`plan_quantization`) serves every flow: it reads a GraphDef (a frozen float
+graph for post-training quantization, or the live graph of a QAT script) and returns a
+:class:`Plan`. Two appliers write it: :func:`apply_to_graph_def` (frozen, EVAL FixNeurons with
+known positions) and :func:`apply_to_graph` (a live ``tf.Graph``; CALIB / TRAIN / EVAL points
+with position histograms, see :func:`decent_q.ops.quantize`).
+
+A compute layer, found forwards from its compute op (SPEC.md "Where FixNeurons go")::
+
+    data --(aquant if not quantized yet)--+
+    weights --wquant--> Conv2D | DepthwiseConv2dNative | Conv2DBackpropInput | MatMul
+                          |  (atrous: SpaceToBatchND -> conv -> BatchToSpaceND)
+                          |  [Mul by a parameter: QAT batch-norm correction]
+    bias --wquant-->  [BiasAdd | Add | AddV2]
+                          |
+                      [Relu | Relu6 | LeakyRelu | Maximum(Mul(a, x), x)
+                       | Sub(Relu(x), Mul(a, Relu(Neg(x))))]  --aquant-->
+
+Every intermediate op must have one consumer; the last op gets ``aquant``.
+"""
+
+import dataclasses
+import logging
+from typing import Dict, List, Optional, Tuple
+
+from decent_q import registry
+from decent_q.errors import QuantizeError
+from decent_q.graph import utils
+from decent_q.graph.utils import node_name, tensor_name
+from decent_q.ops import Mode
+
+log = logging.getLogger("decent_q")
+
+# Ops that read a parameter: a weight named through them takes the parameter's name.
+_READ_OPS = frozenset({"Identity", "ReadVariableOp"})
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantPoint:
+    """One FixNeuron: ``name`` quantizes ``tensor``."""
+    name: str
+    tensor: str
+    kind: str  # 'input', 'weight', 'bias' or 'activation'
+    mode: int
+    bit_width: int
+    method: int
+    # Rewire only these (consumer node, input index) pairs; None rewires every consumer.
+    consumers: Optional[Tuple[Tuple[str, int], ...]] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Layer:
+    """A matched compute layer, for the passes that reason per layer (shifts, deploy)."""
+    compute: str
+    op: str
+    nodes: Tuple[str, ...]
+    input_point: Optional[str]
+    weight_point: Optional[str]
+    bias_point: Optional[str]
+    output_point: Optional[str]
+
+
+@dataclasses.dataclass
+class Plan:
+    points: List[QuantPoint]
+    layers: List[Layer]
+    float_nodes: Dict[str, str]  # node in range left float -> why
+    range_nodes: frozenset
+
+    def point(self, name):
+        return next(p for p in self.points if p.name == name)
+
+    def point_of_tensor(self, tensor):
+        """The point quantizing `tensor` for all its consumers, or None."""
+        tensor = tensor_name(tensor)
+        return next((p for p in self.points if p.tensor == tensor and p.consumers is None), None)
+
+
+def point_name(tensor, suffix):
+    """'conv1/Relu:0' -> 'conv1/Relu/aquant'; output k > 0 gets '_k'."""
+    base, index = node_name(tensor), int(tensor_name(tensor).rsplit(":", 1)[1])
+    return f"{base}/{suffix}" + (f"_{index}" if index else "")
+
+
+def _weight_base(node_map, tensor):
+    """The tensor a weight is named after: a variable read is named by its variable."""
+    producer = node_map.producer(tensor)
+    if producer is not None and producer.op in _READ_OPS and producer.input:
+        source = node_map.producer(producer.input[0])
+        if source is not None and source.op in registry.PARAMETER_OPS:
+            return tensor_name(source.name)
+    return tensor_name(tensor)
+
+
+class _Finder:
+    """Walks the range in topological order and records points and layers."""
+
+    def __init__(self, graph_def, config, parameters, exclude):
+        self.nm = utils.NodeMap(graph_def)
+        self.config = config
+        utils.check_nodes_exist(self.nm, config.input_nodes, "input node")
+        utils.check_nodes_exist(self.nm, config.output_nodes, "output node")
+        for what, names in (("ignore_nodes entry", config.ignore_nodes),
+                            ("nodes_bit entry", list(config.nodes_bit)),
+                            ("nodes_method entry", list(config.nodes_method))):
+            utils.check_nodes_exist(self.nm, names, what)
+        self.range = frozenset(utils.range_nodes(self.nm, config.input_nodes,
+                                                 config.output_nodes)) - frozenset(exclude)
+        self.parameters = frozenset(tensor_name(t) for t in parameters)
+        self.ignored = frozenset(config.ignore_nodes)
+        self.points: List[QuantPoint] = []
+        self.layers: List[Layer] = []
+        self.float_nodes: Dict[str, str] = {}
+        self.quantized = {}  # tensor -> name of the point that quantizes it for all consumers
+        self.done = set()  # nodes handled as part of a layer
+
+    # -- classification -------------------------------------------------------------------
+    def is_param(self, tensor):
+        tensor = tensor_name(tensor)
+        return tensor in self.parameters or node_name(tensor) not in self.range
+
+    def single_consumer(self, name):
+        users = [u for u in self.nm.node_consumers(name) if u.name in self.range]
+        return users[0] if len(users) == 1 and len(self.nm.node_consumers(name)) == 1 else None
+
+    def other_input(self, node, tensor):
+        ins = self.nm.data_inputs(node)
+        if len(ins) != 2:
+            return None
+        a, b = (tensor_name(i) for i in ins)
+        return b if a == tensor else a if b == tensor else None
+
+    # -- recording ------------------------------------------------------------------------
+    def add(self, tensor, kind, mode, bits, method, consumers=None, name=None):
+        tensor = tensor_name(tensor)
+        suffix = "aquant" if kind in ("input", "activation") else "wquant"
+        name = name or point_name(tensor, suffix)
+        if consumers is None and tensor in self.quantized:
+            return self.quantized[tensor]
+        point = QuantPoint(name, tensor, kind, int(mode), bits, method, consumers)
+        self.points.append(point)
+        if consumers is None:
+            self.quantized[tensor] = name
+        return name
+
+    def add_activation(self, name):
+        if name in self.ignored:
+            self.float_nodes[name] = "in ignore_nodes"
+            return None
+        return self.add(name, "activation", Mode.ACTIVATION,
+                        self.config.bit_width(name, self.config.activation_bit),
+                        self.config.method_for(name))
+
+    # -- the walk -------------------------------------------------------------------------
+    def run(self):
+        order = [n for n in utils.topological_order(self.nm.graph_def) if n in self.range]
+        inputs = set(self.config.input_nodes)
+        for name in order:
+            node = self.nm[name]
+            if name in inputs:
+                if name not in self.ignored:
+                    # Graph inputs always use method 0 (non-overflow).
+                    self.add(name, "input", Mode.ACTIVATION,
+                             self.config.bit_width(name, self.config.activation_bit), 0)
+                continue
+            if name in self.done:
+                continue
+            if node.op in registry.COMPUTE_OPS and self.match_layer(node):
+                continue
+            if node.op in registry.FLOAT_OPS:
+                self.float_nodes[name] = f"{node.op} is not quantized by design"
+            elif node.op in registry.PASS_THROUGH_OPS:
+                self.pass_through(node)
+            elif node.op in registry.COMPUTE_OPS:
+                self.float_nodes[name] = "its weights are not parameters (constants/variables)"
+            else:
+                self.float_nodes[name] = f"op type {node.op} is not supported; left float"
+        return Plan(self.points, self.layers, self.float_nodes, self.range)
+
+    def data_ready(self, node):
+        """Data inputs of node (parameters excluded) and whether all are quantized."""
+        data = [tensor_name(i) for i in self.nm.data_inputs(node) if not self.is_param(i)]
+        return data, bool(data) and all(t in self.quantized for t in data)
+
+    def pass_through(self, node):
+        data, ready = self.data_ready(node)
+        if not ready:
+            self.float_nodes[node.name] = "an input is not quantized"
+            return
+        if node.name in self.ignored:
+            self.float_nodes[node.name] = "in ignore_nodes"
+            return
+        if node.op in ("Concat", "ConcatV2"):
+            axis_index = 0 if node.op == "Concat" else len(self.nm.data_inputs(node)) - 1
+            for i, inp in enumerate(self.nm.data_inputs(node)):
+                producer = self.nm.producer(inp)
+                if i != axis_index and producer is not None and producer.op == "Const":
+                    self.add(inp, "activation", Mode.ACTIVATION,
+                             self.config.bit_width(producer.name, self.config.activation_bit),
+                             self.config.method_for(producer.name),
+                             consumers=((node.name, i),))
+        follower = self.single_consumer(node.name)
+        if follower is not None and self.fuses(node, follower):
+            # Quantized once after the follower (Add+Relu, AvgPool*DPU factor).
+            self.quantized[tensor_name(node.name)] = None
+            return
+        self.add_activation(node.name)
+
+    def fuses(self, node, follower):
+        if node.op in ("Add", "AddV2", "AddN") and follower.op in ("Relu", "Relu6"):
+            return True
+        if node.op in ("AvgPool", "Mean") and follower.op == "Mul":
+            other = self.other_input(follower, tensor_name(node.name))
+            return other is not None and self.is_param(other)
+        return False
+
+    def match_layer(self, conv):
+        spec = registry.COMPUTE_OPS[conv.op]
+        ins = self.nm.data_inputs(conv)
+        if len(ins) <= max(spec.data_index, spec.weight_index):
+            return False
+        weight, data = tensor_name(ins[spec.weight_index]), tensor_name(ins[spec.data_index])
+        if not self.is_param(weight) or self.is_param(data):
+            return False
+        nodes = [conv.name]
+        first_input = data
+        producer = self.nm.producer(data)
+        cur = conv
+        # atrous conv: SpaceToBatchND -> conv -> BatchToSpaceND
+        if producer is not None and producer.op == "SpaceToBatchND":
+            after = self.single_consumer(conv.name)
+            if after is not None and after.op == "BatchToSpaceND":
+                first_input = tensor_name(producer.input[0])
+                nodes = [producer.name, conv.name, after.name]
+                cur = after
+        # QAT batch-norm correction: conv * correction (a parameter tensor)
+        nxt = self.single_consumer(cur.name)
+        if nxt is not None and nxt.op == "Mul" and \
+                self.other_input(nxt, tensor_name(cur.name)) in self.parameters:
+            nodes.append(nxt.name)
+            cur = nxt
+        bias = None
+        nxt = self.single_consumer(cur.name)
+        if nxt is not None and nxt.op in registry.BIAS_OPS:
+            other = self.other_input(nxt, tensor_name(cur.name))
+            if other is not None and self.is_param(other):
+                bias, cur = other, nxt
+                nodes.append(nxt.name)
+        act_nodes = self.match_activation(cur)
+        nodes += act_nodes
+        last = nodes[-1]
+
+        ignored = conv.name in self.ignored
+        cfg = self.config
+        input_point = None
+        if not self.is_param(first_input) and not ignored:
+            input_point = self.quantized.get(first_input)
+            if input_point is None and first_input not in self.quantized:
+                producer_name = node_name(first_input)
+                if producer_name not in self.ignored:
+                    input_point = self.add(first_input, "activation", Mode.ACTIVATION,
+                                           cfg.bit_width(producer_name, cfg.activation_bit),
+                                           cfg.method_for(producer_name))
+        weight_point = bias_point = None
+        if not ignored:
+            wbase = _weight_base(self.nm, weight)
+            key = node_name(wbase) if node_name(wbase) in cfg.nodes_bit else conv.name
+            mkey = node_name(wbase) if node_name(wbase) in cfg.nodes_method else conv.name
+            weight_point = self.add(weight, "weight", spec.mode,
+                                    cfg.bit_width(key, cfg.weight_bit), cfg.method_for(mkey),
+                                    consumers=((conv.name, spec.weight_index),),
+                                    name=point_name(wbase, "wquant"))
+            if bias is not None:
+                bbase = _weight_base(self.nm, bias)
+                bias_user = next(n for n in nodes if n in self.nm and
+                                 self.nm[n].op in registry.BIAS_OPS and
+                                 bias in [tensor_name(i) for i in self.nm[n].input])
+                index = [tensor_name(i) for i in self.nm.data_inputs(self.nm[bias_user])
+                         ].index(bias)
+                bias_point = self.add(bias, "bias", Mode.WEIGHT,
+                                      cfg.bit_width(node_name(bbase), cfg.weight_bit),
+                                      cfg.method_for(node_name(bbase)),
+                                      consumers=((bias_user, index),),
+                                      name=point_name(bbase, "wquant"))
+        output_point = None if ignored else self.add_activation(last)
+        if ignored:
+            self.float_nodes[conv.name] = "in ignore_nodes"
+        self.done.update(nodes)
+        self.layers.append(Layer(conv.name, conv.op, tuple(nodes), input_point, weight_point,
+                                 bias_point, output_point))
+        return True
+
+    def match_activation(self, cur):
+        """Nodes of the activation after `cur` (possibly several ops), or []."""
+        t = tensor_name(cur.name)
+        users = self.nm.node_consumers(cur.name)
+        ops = sorted(u.op for u in users)
+        if len(users) == 1 and users[0].op in registry.ACTIVATION_OPS:
+            return [users[0].name]
+        if ops == ["Maximum", "Mul"]:  # Maximum(Mul(alpha, x), x)
+            mul = next(u for u in users if u.op == "Mul")
+            maxi = next(u for u in users if u.op == "Maximum")
+            alpha = self.other_input(mul, t)
+            if alpha and self.is_param(alpha) and tensor_name(mul.name) in \
+                    [tensor_name(i) for i in maxi.input]:
+                return [mul.name, maxi.name]
+        if ops == ["Neg", "Relu"]:  # Keras: Sub(Relu(x), Mul(alpha, Relu(Neg(x))))
+            relu = next(u for u in users if u.op == "Relu")
+            neg = next(u for u in users if u.op == "Neg")
+            relu2 = self.single_consumer(neg.name)
+            mul = relu2 and self.single_consumer(relu2.name)
+            sub = self.single_consumer(relu.name)
+            if relu2 is not None and relu2.op == "Relu" and mul is not None and \
+                    mul.op == "Mul" and sub is not None and sub.op == "Sub" and \
+                    self.single_consumer(mul.name) is sub:
+                return [relu.name, neg.name, relu2.name, mul.name, sub.name]
+        return []
+
+
+def plan_quantization(graph_def, config, parameters=(), exclude=()):
+    """Finds the quantization points of `graph_def` between config's input and output nodes.
+
+    Args:
+      graph_def: a GraphDef, batch norms already folded.
+      config: a QuantizeConfig (input_nodes and output_nodes set).
+      parameters: extra tensors to treat as parameters although computed from data (QAT's
+        batch-statistics folding).
+      exclude: nodes to leave out of the range (QAT's batch-statistics branch).
+
+    Returns:
+      A Plan; points in topological order.
+
+    Raises:
+      QuantizeError: a named node is not in the graph, or no compute layer is found.
+    """
+    config.require_nodes()
+    plan = _Finder(graph_def, config, parameters, exclude).run()
+    for name, reason in sorted(plan.float_nodes.items()):
+        if "not supported" in reason:
+            log.warning("node %s: %s", name, reason)
+    return plan
+
+
+def output_aliases(plan, output_nodes):
+    """output node -> the FixNeuron that now carries its value (SPEC 'Naming')."""
+    aliases = {}
+    for name in output_nodes:
+        point = plan.point_of_tensor(name)
+        if point is not None:
+            aliases[name] = point.name
+    return aliases
+
+
+def apply_to_graph_def(graph_def, plan, positions, arch_type="DEFAULT"):
+    """Inserts EVAL FixNeuron nodes (positions given by name) into a copy of `graph_def`.
+
+    Each FixNeuron is placed right after its producer; consumers are rewired to it.
+    """
+    missing = [p.name for p in plan.points if p.name not in positions]
+    if missing:
+        raise QuantizeError(f"no position for {len(missing)} FixNeuron(s), e.g. {missing[0]}")
+    by_producer = {}
+    for point in plan.points:
+        by_producer.setdefault(node_name(point.tensor), []).append(point)
+    rewire = {}  # tensor -> [((consumer, input index) or None for all, new input)]
+    for point in plan.points:
+        for target in point.consumers or (None,):
+            rewire.setdefault(point.tensor, []).append((target, point.name))
+    for targets in rewire.values():
+        targets.sort(key=lambda t: t[0] is None)  # consumer-specific points win
+    out = type(graph_def)()
+    out.versions.CopyFrom(graph_def.versions)
+    out.library.CopyFrom(graph_def.library)
+    point_names = {p.name for p in plan.points}
+    for node in graph_def.node:
+        new = out.node.add()
+        new.CopyFrom(node)
+        if node.name not in point_names:
+            _rewire_inputs(new, rewire)
+        for point in by_producer.get(node.name, ()):
+            out.node.append(utils.make_node(
+                "FixNeuron", point.name, [point.tensor if not point.tensor.endswith(":0")
+                                          else node_name(point.tensor)],
+                T=_float(), bit_width=point.bit_width, method=point.method, mode=point.mode,
+                phase=1, quantize_pos=int(positions[point.name]), output_dir="",
+                arch_type=arch_type))
+    return out
+
+
+def _float():
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    return tf.float32
+
+
+def _rewire_inputs(node, rewire):
+    for i, inp in enumerate(node.input):
+        if utils.is_control(inp):
+            continue
+        for target, new in rewire.get(tensor_name(inp), ()):
+            if target is None or target == (node.name, i):
+                node.input[i] = new
+                break
+
+
+def apply_to_graph(graph, plan, phase, arch_type="DEFAULT"):
+    """Builds every point of `plan` in the live `graph` (in place) and rewires its consumers.
+
+    Returns:
+      {point name: output tensor}.
+    """
+    from decent_q import ops  # pylint: disable=import-outside-toplevel
+    built = {}
+    for point in plan.points:
+        tensor = graph.get_tensor_by_name(point.tensor)
+        if point.consumers is None:
+            targets = [(op, i) for op in tensor.consumers() for i, t in enumerate(op.inputs)
+                       if t is tensor]
+        else:
+            targets = [(graph.get_operation_by_name(c), i) for c, i in point.consumers]
+        out = ops.quantize(tensor, point.name, mode=point.mode, phase=phase,
+                           bit_width=point.bit_width, method=point.method, arch_type=arch_type)
+        for op, index in targets:
+            op._update_input(index, out)  # pylint: disable=protected-access
+        built[point.name] = out
+    return built

@@ -1,0 +1,66 @@
+"""What is quantized and how: one table, shared by QAT and post-training quantization.
+
+Each entry says how an op type is treated inside the quantized range (input_nodes ..
+output_nodes). :mod:`decent_q.plan` reads these tables; nothing else decides placement.
+"""
+
+import collections
+
+from decent_q.ops import Mode
+
+# A compute layer: the op, which input is data and which is the weight, the weight's FixNeuron
+# mode, and the output-channel axis of the weight (used by batch-norm folding and CLE).
+ComputeOp = collections.namedtuple("ComputeOp", "data_index weight_index mode out_axis in_axis")
+
+COMPUTE_OPS = {
+    # NHWC conv, weights [kh, kw, in, out]
+    "Conv2D": ComputeOp(0, 1, Mode.WEIGHT, 3, 2),
+    # depthwise weights [kh, kw, in, multiplier]; channel = in * multiplier, folded on axis 2
+    "DepthwiseConv2dNative": ComputeOp(0, 1, Mode.DW_WEIGHT, 2, 2),
+    # conv2d_transpose: inputs (output_shape, filter [kh, kw, out, in], data)
+    "Conv2DBackpropInput": ComputeOp(2, 1, Mode.WEIGHT, 2, 3),
+    # Dense: weights [in, out]
+    "MatMul": ComputeOp(0, 1, Mode.WEIGHT, 1, 0),
+}
+
+# Ops that add a per-channel bias after a compute op.
+BIAS_OPS = frozenset({"BiasAdd", "Add", "AddV2"})
+
+# Single-op activations that end a compute layer (LeakyRelu's multi-op forms: plan.py).
+ACTIVATION_OPS = frozenset({"Relu", "Relu6", "LeakyRelu"})
+
+# Ops whose output is quantized when all their data inputs are quantized.
+PASS_THROUGH_OPS = frozenset({
+    "AvgPool",          # quantized after the simulate_dpu scaling, if any
+    "MaxPool",
+    "Mean",             # global average pooling when simulate_dpu is off
+    "Pad", "MirrorPad",
+    "Concat", "ConcatV2",
+    "Squeeze", "Reshape", "ExpandDims", "Flatten",
+    "Relu", "Relu6", "LeakyRelu",
+    "Add", "AddV2", "AddN",  # residual connections
+    "Mul",              # AvgPool / hard-sigmoid DPU scaling and elementwise products
+    "Maximum", "Minimum",
+    "ResizeBilinear", "ResizeNearestNeighbor",
+    "DepthToSpace", "SpaceToDepth",
+    "StridedSlice", "Slice", "Transpose",
+})
+
+# Ops that pass values through unchanged in position: quantizing their output would repeat the
+# input's FixNeuron; positions are propagated through them instead (align_concat walks them).
+SHAPE_ONLY_OPS = frozenset({"Reshape", "ExpandDims", "Squeeze", "Flatten", "Identity"})
+
+# Never quantized, even with quantized inputs (outputs stay float, as the DPU does them on CPU
+# or the guide says so).
+FLOAT_OPS = frozenset({
+    "Softmax", "LogSoftmax",    # guide 4.2.2.4 note 3: softmax output is not quantized
+    "Sigmoid", "Tanh", "Exp",   # unless replaced (hard-sigmoid)
+    "ArgMax", "Shape", "Size", "Rank", "Cast", "TopKV2", "NonMaxSuppressionV3",
+})
+
+# Batch norm ops folded into the preceding compute op.
+BATCH_NORM_OPS = frozenset({"FusedBatchNorm", "FusedBatchNormV2", "FusedBatchNormV3",
+                            "BatchNormWithGlobalNormalization"})
+
+# Ops that hold or read parameters (never activations).
+PARAMETER_OPS = frozenset({"Const", "VariableV2", "Variable", "VarHandleOp", "ReadVariableOp"})
