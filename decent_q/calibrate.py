@@ -83,8 +83,7 @@ def calibrate_positions(graph_def, plan, batches, config, progress=None):
     graph = import_graph(graph_def)
     with graph.as_default():
         plan_lib.apply_to_graph(graph, plan, ops.Phase.CALIB, arch_type=config.arch_type)
-        hists = {p.name: graph.get_tensor_by_name(f"{p.name}/{ops.HIST_SUFFIX}:0")
-                 for p in plan.points}
+        hists = ops.histogram_variables(graph)
         counts = [graph.get_operation_by_name(f"{p.name}/count") for p in plan.points]
         init = tf.compat.v1.variables_initializer(
             tf.compat.v1.get_collection(ops.POSITIONS_COLLECTION))

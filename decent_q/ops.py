@@ -110,6 +110,13 @@ def _kept_position(hist):
     return tf.where(best > 0, first + MIN_POS, MIN_POS - 1)
 
 
+def histogram_variables(graph):
+    """{point name: its pos_hist variable} of a live graph (ref or resource variables)."""
+    suffix = "/" + HIST_SUFFIX
+    return {v.op.name[:-len(suffix)]: v
+            for v in graph.get_collection(POSITIONS_COLLECTION) if v.op.name.endswith(suffix)}
+
+
 def quantize(x, name, mode, phase, bit_width=8, method=1, arch_type="DEFAULT"):
     """Builds a quantization point ``name`` on tensor ``x`` in the default (live) graph.
 
