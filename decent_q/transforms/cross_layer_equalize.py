@@ -20,7 +20,8 @@ Per channel c, SPEC's wording::
     s_c  = clip(sqrt(r2_c / r1_c), 0.01, 100);  s_c = 1 where r1_c + r2_c < 0.5
     W1[..., c] *= s_c;  b1_c *= s_c;  W2[..., c, :] /= s_c
 
-so both ranges become sqrt(r1_c * r2_c) (the head is multiplied by s = 1/s' where
+(s_c = 1 also where r1_c = 0: a dead head channel is left alone), so both ranges become
+sqrt(r1_c * r2_c) (the head is multiplied by s = 1/s' where
 s' = sqrt(r1 / r2) is the usual "head divided by s'" form). Depthwise heads own output channel
 c = i * multiplier + m at W1[:, :, i, m]; depthwise tails read input channel i at
 W2[:, :, i, :]. The pairs are swept 10 times (a layer is the tail of one pair and the head of
