@@ -35,17 +35,22 @@ def batch_norm_params(node, nm):
         return None if producer is None or producer.op != "Const" else \
             utils.const_value(producer).astype(np.float64)
 
+    # Read attrs with their op defaults: a GraphDef may omit default-valued attrs, and
+    # node.attr[key] on a missing key would insert an empty value into the caller's graph.
+    def attr(key, kind, default):
+        return getattr(node.attr[key], kind) if key in node.attr else default
+
     if node.op.startswith("FusedBatchNorm"):
-        if node.attr["is_training"].b:
+        if attr("is_training", "b", True):  # the op's default is training mode
             return None
-        if node.attr["data_format"].s not in (b"", b"NHWC"):
+        if attr("data_format", "s", b"NHWC") not in (b"", b"NHWC"):
             return None
         gamma, beta, mean, var = (value(i) for i in range(1, 5))
-        eps = node.attr["epsilon"].f
+        eps = attr("epsilon", "f", 0.0001)
     elif node.op == "BatchNormWithGlobalNormalization":
         mean, var, beta, gamma = (value(i) for i in range(1, 5))
-        eps = node.attr["variance_epsilon"].f
-        if gamma is not None and not node.attr["scale_after_normalization"].b:
+        eps = attr("variance_epsilon", "f", 0.0)
+        if gamma is not None and not attr("scale_after_normalization", "b", False):
             gamma = np.ones_like(gamma)
     else:
         return None
