@@ -132,7 +132,7 @@ class _Rewrite:
         return out
 
 
-def _pool_scale(rw, pool, scale_all, name=None):
+def _pool_scale(pool, scale_all, name=None):
     """Nodes that replace AvgPool `pool` (named `name`, default pool.name): the pool and, if
     the factor is not 1, its DPU scale Const and Mul. The last node carries `name`."""
     name = name or pool.name
@@ -209,7 +209,7 @@ def _rewrite_pools(rw, config):
     shapes = static_shapes(rw.graph_def, config) if means else {}
     for node in rw.graph_def.node:
         if node.op == "AvgPool" and not _already_scaled(rw, node):
-            nodes, factor = _pool_scale(rw, node, scale_all)
+            nodes, factor = _pool_scale(node, scale_all)
             if factor != 1.0:
                 rw.replace[node.name] = nodes
                 log.info("simulate_dpu: %s output scaled by %.10g (DPU average pooling)",
@@ -224,7 +224,7 @@ def _rewrite_pools(rw, config):
                                    ksize=[1, kernel[0], kernel[1], 1], strides=[1, 1, 1, 1],
                                    padding="VALID", data_format="NHWC")
             body = node.name if keep_dims else f"{node.name}/avgpool"
-            nodes, factor = _pool_scale(rw, pool, scale_all, name=body)
+            nodes, factor = _pool_scale(pool, scale_all, name=body)
             if not keep_dims:
                 nodes.append(utils.make_node("Squeeze", node.name, [body], T=node.attr["T"],
                                              squeeze_dims=[1, 2]))
