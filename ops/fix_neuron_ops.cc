@@ -27,6 +27,7 @@
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/shape_inference.h"
 #include "tensorflow/core/framework/tensor.h"
+#include "tsl/platform/denormal.h"
 
 namespace tensorflow {
 namespace {
@@ -86,11 +87,18 @@ void QuantizeBlock(const float* in, float* out, int64_t n, int pos, Range r) {
 }
 
 // Runs fn(block_begin, block_end, block_index) over fixed blocks on the CPU pool.
+//
+// TensorFlow runs kernels with denormals flushed to zero (FTZ/DAZ). That would break the
+// ends of the position range: 2^-127 (the scale of p = -127, the step of p = 127) is itself
+// a denormal, so p = -127 would turn every value into 0 (and Inf into NaN), and p = 127 every
+// output into 0. Blocks therefore run with denormals honoured, as the SPEC's exact
+// arithmetic (and the NumPy reference) assume; the thread's mode is restored afterwards.
 template <typename Fn>
 void ForEachBlock(OpKernelContext* ctx, int64_t n, int64_t cost_per_element, Fn fn) {
   const int64_t num_blocks = (n + kBlock - 1) / kBlock;
   auto* pool = ctx->device()->tensorflow_cpu_worker_threads()->workers;
   pool->ParallelFor(num_blocks, kBlock * cost_per_element, [&](int64_t b0, int64_t b1) {
+    tsl::port::ScopedDontFlushDenormal keep_denormals;
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t begin = b * kBlock;
       fn(begin, std::min(n, begin + kBlock), b);
@@ -101,6 +109,7 @@ void ForEachBlock(OpKernelContext* ctx, int64_t n, int64_t cost_per_element, Fn 
 // Method 0 (non-overflow): step = max(min / (lo - 0.5), max / (hi + 0.5)) with the full
 // signed range, p = floor(log2(1 / step)), computed exactly from step's binary exponent.
 int NonOverflowPos(OpKernelContext* ctx, const float* x, int64_t n, int bit_width) {
+  if (n == 0) return kMaxPos;  // nothing to scale, as for an all-zero tensor
   const int64_t num_blocks = (n + kBlock - 1) / kBlock;
   std::vector<float> mins(num_blocks, 0.0f), maxs(num_blocks, 0.0f);
   ForEachBlock(ctx, n, 2, [&](int64_t b, int64_t e, int64_t k) {
