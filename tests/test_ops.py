@@ -136,6 +136,22 @@ def test_search_phases_match_reference(shape_name, mode):
         _assert_same(y2, want_y, what + " (FixNeuron)")
 
 
+def test_tensor_beyond_the_caches():
+    """> 8 MiB: the kernel writes a fresh output with streaming stores (and partial block)."""
+    rng = np.random.default_rng(14)
+    x = _random_tensor(rng, (2 ** 21 + 2 ** 14 + 5,), 3.0)
+
+    def build(ph):
+        return (ops.fix_neuron(ph, mode=ref.ACTIVATION, phase=ref.EVAL, quantize_pos=5),
+                ops.fix_neuron_dynamic(ph, tf.constant(0), mode=ref.WEIGHT, phase=ref.TRAIN))
+
+    y_eval, (y_train, p_train) = _session_run(build, [x.shape], [x])
+    _assert_same(y_eval, ref.quantize(x, 5, ref.ACTIVATION, 8), "EVAL")
+    want_y, want_p = ref.fix_neuron(x, ref.WEIGHT, ref.TRAIN)
+    assert p_train == want_p
+    _assert_same(y_train, want_y, "TRAIN")
+
+
 @pytest.mark.parametrize("mode", MODES)
 def test_eval_matches_reference_for_positions(mode):
     """EVAL with fixed positions, including negative, large and out-of-range ones (clamped)."""
