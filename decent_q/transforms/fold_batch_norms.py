@@ -173,6 +173,22 @@ def fold_batch_norms(graph_def, keep=()):
         replaced[last.name] = utils.make_node("BiasAdd", last.name, [cur.name, bias_name],
                                               T=tf.float32)
         dropped.update(removed)
+    # Batch norms with no compute op before them become x * scale + offset (SPEC).
+    for node in graph_def.node:
+        if node.op in registry.BATCH_NORM_OPS and node.name not in replaced:
+            params = batch_norm_params(node, nm)
+            if params is None or any(nm.consumers.get(f"{node.name}:{k}") for k in range(1, 6)):
+                continue
+            scale, offset = params
+            x = nm.data_inputs(node)[0]
+            extra.append((node.name, utils.const_node(f"{node.name}/scale",
+                                                      scale.astype(np.float32))))
+            extra.append((node.name, utils.const_node(f"{node.name}/offset",
+                                                      offset.astype(np.float32))))
+            extra.append((node.name, utils.make_node("Mul", f"{node.name}/mul",
+                                                     [x, f"{node.name}/scale"], T=tf.float32)))
+            replaced[node.name] = utils.make_node(
+                "BiasAdd", node.name, [f"{node.name}/mul", f"{node.name}/offset"], T=tf.float32)
     if not replaced:
         return graph_def
     nodes = []
