@@ -48,7 +48,7 @@ setup(
         "tf-slim>=1.1",
         "numpy",
     ],
-    extras_require={"test": ["pytest", "mlxtend"], "examples": ["mlxtend"]},
+    extras_require={"test": ["pytest", "mlxtend", "hypothesis"], "examples": ["mlxtend"]},
     entry_points={"console_scripts": [
         "vai_q_tensorflow=decent_q.cli:main",
         "decent_q=decent_q.cli:main",

@@ -81,6 +81,7 @@ class QuantizeConfig:
         self.nodes_bit = _pairs(self.nodes_bit, "nodes_bit", "bit width")
         self.nodes_method = _pairs(self.nodes_method, "nodes_method", "method")
         for field in dataclasses.fields(self):
+            _check_type(field, getattr(self, field.name))
             choices = field.metadata["choices"]
             value = getattr(self, field.name)
             if choices and value not in choices:
@@ -181,6 +182,9 @@ def _pairs(value, field, what) -> Dict[str, int]:
     else:
         if isinstance(value, str):
             value = [v for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{field} must be 'name:{what},...', a list of such strings or a "
+                              f"dict, got {value!r}")
         items = []
         for entry in value:
             parts = str(entry).rsplit(":", 1)
@@ -195,6 +199,21 @@ def _pairs(value, field, what) -> Dict[str, int]:
         except (TypeError, ValueError):
             raise ConfigError(f"{field} entry '{name}:{number}' needs an integer {what}") from None
     return pairs
+
+
+def _check_type(field, value):
+    """Scalar options must have their default's type (ints may stand for floats)."""
+    default = field.default
+    if default is dataclasses.MISSING:
+        return
+    want = type(default)
+    ok = isinstance(value, want) and not isinstance(value, bool)
+    if want is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not ok:
+        kind = "a string" if want is str else want.__name__
+        raise ConfigError(f"{field.name}={value!r} must be {kind}, like the default "
+                          f"{default!r}")
 
 
 def _check_bit(value, field):
