@@ -193,6 +193,13 @@ class EvalModel:
     def position(self, fix_name):
         return position(self.fixes[fix_name])
 
+    def set_position(self, fix_name, pos):
+        """Sets a FixNeuron's position IN PLACE in this model's GraphDef; returns the old one."""
+        node = self.fixes[fix_name]
+        old = position(node)
+        node.attr["quantize_pos"].i = int(pos)
+        return old
+
     def fix_input_value(self, fix_name):
         """The Const value a (weight/bias) FixNeuron quantizes, through Identity; or None."""
         node = self.nm.get(self.fixes[fix_name].input[0])
