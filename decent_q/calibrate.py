@@ -202,24 +202,15 @@ def write_models(eval_graph_def, config, suffix=""):
 
 
 def prepare_float_graph(graph_def, config):
-    """transforms.prepare_float_graph (clean-up, BN folding, CLE, simulate_dpu)."""
+    """transforms.prepare_float_graph: clean-up, batch-norm folding, CLE, simulate_dpu."""
     from decent_q import transforms  # pylint: disable=import-outside-toplevel
-    prepare = getattr(transforms, "prepare_float_graph", None)
-    if prepare is not None:
-        return prepare(graph_def, config)
-    # Until the pass list lands: the clean-up and folding every flow needs.
-    from decent_q.transforms import cleanup  # pylint: disable=import-outside-toplevel
-    from decent_q.transforms import fold_batch_norms  # pylint: disable=import-outside-toplevel
-    keep = list(config.input_nodes) + list(config.output_nodes)
-    graph_def = cleanup.clean_for_inference(graph_def, keep)
-    return fold_batch_norms.fold_batch_norms(graph_def, keep)
+    return transforms.prepare_float_graph(graph_def, config)
 
 
 def adjust_positions(eval_graph_def, config):
-    """transforms.adjust_positions (align_concat, shift cut, shift bias), if present."""
+    """transforms.adjust_positions: align_concat, shift cut, shift bias."""
     from decent_q import transforms  # pylint: disable=import-outside-toplevel
-    adjust = getattr(transforms, "adjust_positions", None)
-    return eval_graph_def if adjust is None else adjust(eval_graph_def, config)
+    return transforms.adjust_positions(eval_graph_def, config)
 
 
 # -- checks ------------------------------------------------------------------------------------

@@ -59,9 +59,12 @@ def inspect_graph(input_frozen_graph, config=None):
         info["error"] = "no input or output nodes found"
         return info
     try:
-        # The plan ignores the shapes; a placeholder stands for each.
+        # The shapes the graph gives its 4-D input placeholders; without them simulate_dpu
+        # cannot size global poolings, so it is left off.
+        shapes = [_shape4(node_map.get(n)) for n in in_nodes]
+        extra = {} if all(shapes) else {"simulate_dpu": 0}
         cfg = dataclasses.replace(config, input_nodes=in_nodes, output_nodes=out_nodes,
-                                  input_shapes=[[-1, 1, 1, 1]] * len(in_nodes))
+                                  input_shapes=[s or [-1, 1, 1, 1] for s in shapes], **extra)
         calibrate.check_config_nodes(graph_def, cfg)
         plan = plan_lib.plan_quantization(calibrate.prepare_float_graph(graph_def, cfg), cfg)
     except QuantizeError as err:
@@ -97,6 +100,14 @@ def format_report(info):
     lines.append("note: estimated inputs/outputs may include pre- and post-processing; set "
                  "--input_nodes / --output_nodes to the quantizable part")
     return "\n".join(lines)
+
+
+def _shape4(node):
+    """The node's 4-D placeholder shape as a list (-1 unknown), or None."""
+    if node is None or node.op != "Placeholder" or "shape" not in node.attr or \
+            node.attr["shape"].shape.unknown_rank or len(node.attr["shape"].shape.dim) != 4:
+        return None
+    return [d.size if d.size > 0 else -1 for d in node.attr["shape"].shape.dim]
 
 
 def _dtype(node):
