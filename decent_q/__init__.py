@@ -13,6 +13,9 @@ from decent_q.config import QuantizeConfig
 from decent_q.errors import ConfigError, QuantizeError
 from decent_q.ops import Mode, Phase, fix_neuron, load_library
 from decent_q.version import __version__
+from decent_q.calibrate import quantize_frozen
+from decent_q.dump import dump as dump_simulation
+from decent_q.inspection import inspect_graph
 
 load_library()
 
@@ -24,4 +27,7 @@ __all__ = [
     "Phase",
     "fix_neuron",
     "__version__",
+    "quantize_frozen",
+    "dump_simulation",
+    "inspect_graph",
 ]

@@ -9,15 +9,22 @@
       -> quantize_eval_model.pb, deploy_model.pb
 """
 
+import collections
+import importlib
 import logging
+import os
+import sys
+import time
+import traceback
 
 import numpy as np
 import tensorflow as tf
 
 from decent_q import ops
 from decent_q import plan as plan_lib
-from decent_q.errors import QuantizeError
-from decent_q.graph.utils import tensor_name
+from decent_q.errors import ConfigError, QuantizeError
+from decent_q.graph import utils
+from decent_q.graph.utils import node_name, tensor_name
 
 log = logging.getLogger("decent_q")
 
@@ -82,9 +89,12 @@ def calibrate_positions(graph_def, plan, batches, config, progress=None):
     """
     graph = import_graph(graph_def)
     with graph.as_default():
-        plan_lib.apply_to_graph(graph, plan, ops.Phase.CALIB, arch_type=config.arch_type)
+        built = plan_lib.apply_to_graph(graph, plan, ops.Phase.CALIB,
+                                        arch_type=config.arch_type)
         hists = ops.histogram_variables(graph)
-        counts = [graph.get_operation_by_name(f"{p.name}/count") for p in plan.points]
+        # Running a point's output op runs its histogram update (a control dependency);
+        # looking the update up by name fails with resource variables (TF2 behaviour on).
+        counts = [built[p.name].op for p in plan.points]
         init = tf.compat.v1.variables_initializer(
             tf.compat.v1.get_collection(ops.POSITIONS_COLLECTION))
     with tf.compat.v1.Session(graph=graph, config=session_config(config)) as sess:
@@ -112,3 +122,305 @@ def session_config(config):
     options.gpu_options.allow_growth = True
     return options
 
+
+
+# -- post-training quantization of a frozen graph ---------------------------------------------
+
+def quantize_frozen(input_frozen_graph, input_fn, config, progress=True):
+    """Post-training quantization: frozen float graph -> quantize_eval_model.pb, deploy_model.pb.
+
+    Args:
+      input_frozen_graph: path of a frozen GraphDef (binary or text), or a GraphDef.
+      input_fn: callable(step) -> {placeholder name: numpy array}, or its import path
+        ``"module.function"`` (imported with the current folder on sys.path).
+      config: QuantizeConfig; input_nodes, output_nodes and input_shapes are required.
+      progress: show a progress bar on stderr during calibration (only if it is a terminal).
+
+    Returns:
+      {"quantize_eval_model": path, "deploy_model": path}. Nothing is written unless every
+      step succeeded.
+
+    Raises:
+      ConfigError: a required option is missing or malformed.
+      QuantizeError: the graph, a node name, input_fn or its data is wrong; the message says
+        what to fix.
+    """
+    start = time.time()
+    config.require_nodes()
+    check_output_dir(config.output_dir)
+    fn, fn_name = load_input_fn(input_fn)
+    graph_def = (utils.load_graph_def(input_frozen_graph)
+                 if isinstance(input_frozen_graph, (str, os.PathLike)) else input_frozen_graph)
+    check_config_nodes(graph_def, config)
+    graph_def = set_input_shapes(graph_def, config)
+
+    first = call_input_fn(fn, 0, fn_name)
+    if not config.skip_check:
+        check_float_model(graph_def, config, first, fn_name)
+    float_gd = prepare_float_graph(graph_def, config)
+    plan = plan_lib.plan_quantization(float_gd, config)
+    if not plan.points:
+        raise QuantizeError("nothing to quantize between input_nodes "
+                            f"{config.input_nodes} and output_nodes {config.output_nodes}; "
+                            "check that the output nodes are reached from the input nodes")
+
+    bar = Progress(config.calib_iter, enabled=progress)
+
+    def batches(step):
+        return first if step == 0 else call_input_fn(fn, step, fn_name)
+
+    log.info("calibrating %d FixNeurons on %d batches from %s", len(plan.points),
+             config.calib_iter, fn_name)
+    try:
+        positions = calibrate_positions(float_gd, plan, batches, config, progress=bar.update)
+    finally:
+        bar.close()
+    eval_gd = plan_lib.apply_to_graph_def(float_gd, plan, positions, arch_type=config.arch_type)
+    paths = write_models(eval_gd, config)
+    log_summary(plan, paths, time.time() - start)
+    return paths
+
+
+def write_models(eval_graph_def, config, suffix=""):
+    """Applies the position passes, builds the deploy model and writes both files.
+
+    Both models are built before anything is written; each file is written atomically.
+
+    Returns:
+      {"quantize_eval_model": path, "deploy_model": path}.
+    """
+    from decent_q.deploy import deploy_graph_def  # pylint: disable=import-outside-toplevel
+    eval_gd = adjust_positions(eval_graph_def, config)
+    deploy_gd = deploy_graph_def(eval_gd, config)
+    utils.prepare_output_dir(config.output_dir)
+    paths = {"quantize_eval_model": os.path.join(config.output_dir,
+                                                 f"quantize_eval_model{suffix}.pb"),
+             "deploy_model": os.path.join(config.output_dir, f"deploy_model{suffix}.pb")}
+    utils.save_graph_def(eval_gd, paths["quantize_eval_model"])
+    utils.save_graph_def(deploy_gd, paths["deploy_model"])
+    return paths
+
+
+def prepare_float_graph(graph_def, config):
+    """transforms.prepare_float_graph: clean-up, batch-norm folding, CLE, simulate_dpu."""
+    from decent_q import transforms  # pylint: disable=import-outside-toplevel
+    return transforms.prepare_float_graph(graph_def, config)
+
+
+def adjust_positions(eval_graph_def, config):
+    """transforms.adjust_positions: align_concat, shift cut, shift bias."""
+    from decent_q import transforms  # pylint: disable=import-outside-toplevel
+    return transforms.adjust_positions(eval_graph_def, config)
+
+
+# -- checks ------------------------------------------------------------------------------------
+
+def check_output_dir(path):
+    """Raises QuantizeError if output_dir cannot be created or written; creates nothing."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise QuantizeError(f"output_dir {path} is a file; give a folder path")
+    parent = os.path.abspath(path)
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise QuantizeError(f"output_dir {path} is not writable ({parent} is not); choose a "
+                            "writable folder")
+
+
+def check_config_nodes(graph_def, config):
+    """Every node the config names exists in the graph (did-you-mean otherwise)."""
+    node_map = utils.NodeMap(graph_def)
+    if any(n.op == "FixNeuron" for n in graph_def.node):
+        raise QuantizeError("the input graph already holds FixNeuron nodes (it is quantized); "
+                            "give the float frozen graph")
+    for what, names in (("input node", config.input_nodes),
+                        ("output node", config.output_nodes),
+                        ("ignore_nodes entry", config.ignore_nodes),
+                        ("nodes_bit entry", list(config.nodes_bit)),
+                        ("nodes_method entry", list(config.nodes_method))):
+        utils.check_nodes_exist(node_map, names, what)
+
+
+def set_input_shapes(graph_def, config):
+    """A copy of graph_def whose input placeholders have config.input_shapes (-1: unknown).
+
+    Input nodes that are not placeholders (in-graph preprocessing) are left alone.
+
+    Raises:
+      QuantizeError: a shape contradicts a known dimension of the placeholder.
+    """
+    out = tf.compat.v1.GraphDef()
+    out.CopyFrom(graph_def)
+    nodes = {n.name: n for n in out.node}
+    for name, shape in zip(config.input_nodes, config.input_shapes):
+        node = nodes[name]
+        if node.op != "Placeholder":
+            continue
+        if "shape" in node.attr and not node.attr["shape"].shape.unknown_rank:
+            old = [d.size for d in node.attr["shape"].shape.dim]
+            if len(old) != len(shape) or any(o >= 0 and s >= 0 and o != s
+                                             for o, s in zip(old, shape)):
+                raise QuantizeError(
+                    f"input_shapes gives {_shape_text(shape)} for {name!r} but the graph "
+                    f"says {_shape_text(old)}; fix --input_shapes")
+            shape = [s if s >= 0 else o for s, o in zip(shape, old)]
+        node.attr["shape"].shape.CopyFrom(
+            tf.TensorShape([None if s < 0 else s for s in shape]).as_proto())
+    return out
+
+
+def _shape_text(shape):
+    return ",".join("?" if d < 0 else str(d) for d in shape)
+
+
+def check_float_model(graph_def, config, batch, fn_name):
+    """Runs the float graph on one batch; its output nodes must give finite values."""
+    graph = import_graph(graph_def)
+    feed = feed_dict(graph, batch, 0, fn_name)
+    fetches = [graph.get_tensor_by_name(tensor_name(n)) for n in config.output_nodes]
+    with tf.compat.v1.Session(graph=graph, config=session_config(config)) as sess:
+        try:
+            values = sess.run(fetches, feed)
+        except tf.errors.OpError as err:
+            raise QuantizeError(
+                f"the float graph fails on {fn_name}(0): {_first_line(err.message)}; check "
+                "the input_fn data and that the graph is an inference graph (skip_check=1 "
+                "skips this check)") from err
+    for name, value in zip(config.output_nodes, values):
+        value = np.asarray(value)
+        if value.dtype.kind == "f" and not np.all(np.isfinite(value)):
+            raise QuantizeError(
+                f"the float graph gives NaN or Inf at output node {name!r} on {fn_name}(0); "
+                "check the float model and the input_fn preprocessing")
+
+
+def _first_line(text):
+    return str(text).strip().splitlines()[0] if str(text).strip() else ""
+
+
+# -- input_fn --------------------------------------------------------------------------------
+
+def load_input_fn(spec):
+    """(function, display name) for a callable or a "module.function" import path.
+
+    The current folder is put on sys.path first, as the original tool did.
+
+    Raises:
+      ConfigError: spec is missing or not of the form module.function.
+      QuantizeError: the module or function cannot be found, or importing it fails.
+    """
+    if callable(spec):
+        return spec, getattr(spec, "__name__", "input_fn")
+    if not spec or not isinstance(spec, str):
+        raise ConfigError("input_fn is required: give 'module_name.function_name', e.g. "
+                          "--input_fn my_input_fn.calib_input")
+    module_name, _, func_name = spec.rpartition(".")
+    if not module_name or not func_name:
+        raise ConfigError(f"input_fn {spec!r} is not 'module_name.function_name'; e.g. "
+                          "my_input_fn.calib_input for calib_input() in my_input_fn.py")
+    cwd = os.getcwd()
+    if cwd not in sys.path:
+        sys.path.insert(0, cwd)
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as err:
+        if err.name and module_name.split(".")[0] == err.name.split(".")[0] and \
+                (module_name == err.name or module_name.startswith(err.name + ".")):
+            raise QuantizeError(
+                f"input_fn module {module_name!r} is not found in {cwd} or on sys.path; run "
+                f"from the folder holding {module_name.replace('.', '/')}.py or add it to "
+                "PYTHONPATH") from None
+        raise QuantizeError(f"importing input_fn module {module_name!r} failed"
+                            f"{_user_frame(err)}: {type(err).__name__}: {err}") from err
+    except Exception as err:  # pylint: disable=broad-except
+        raise QuantizeError(f"importing input_fn module {module_name!r} failed"
+                            f"{_user_frame(err)}: {type(err).__name__}: {err}") from err
+    fn = getattr(module, func_name, None)
+    if fn is None or not callable(fn):
+        functions = sorted(n for n, v in vars(module).items()
+                           if callable(v) and not n.startswith("_") and
+                           getattr(v, "__module__", None) == module.__name__)
+        raise QuantizeError(
+            f"input_fn module {module_name!r} ({getattr(module, '__file__', '?')}) has no "
+            f"function {func_name!r}; its functions: {', '.join(functions) or 'none'}")
+    return fn, spec
+
+
+def call_input_fn(fn, step, fn_name):
+    """fn(step), with any exception turned into one QuantizeError line naming the user's
+    frame."""
+    try:
+        return fn(step)
+    except Exception as err:  # pylint: disable=broad-except
+        raise QuantizeError(f"input_fn {fn_name}({step}) raised{_user_frame(err)}: "
+                            f"{type(err).__name__}: {_first_line(err) or repr(err)}") from err
+
+
+def _user_frame(err):
+    """' at file:line in func (`code`)' for the deepest traceback frame outside decent_q and
+    installed packages; '' if none."""
+    frames = traceback.extract_tb(err.__traceback__)
+    here = os.path.dirname(os.path.abspath(__file__))
+    system = tuple(os.path.abspath(p) for p in {sys.prefix, sys.base_prefix, sys.exec_prefix})
+    user = [f for f in frames if not os.path.abspath(f.filename).startswith(here) and
+            not os.path.abspath(f.filename).startswith(system) and
+            not f.filename.startswith("<frozen")]
+    if not user:
+        return ""
+    frame = user[-1]
+    code = f" ({frame.line.strip()})" if frame.line else ""
+    return f" at {frame.filename}:{frame.lineno} in {frame.name}{code}"
+
+
+# -- reporting -------------------------------------------------------------------------------
+
+class Progress:
+    """A one-line progress bar with batches/s on stderr, shown only on a terminal."""
+
+    def __init__(self, total, enabled=True, stream=None):
+        self.total = total
+        self.stream = stream or sys.stderr
+        self.enabled = bool(enabled) and hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.start = time.time()
+        self.shown = False
+
+    def update(self, step):
+        if not self.enabled:
+            return
+        done = step + 1
+        rate = done / max(time.time() - self.start, 1e-9)
+        width = 30
+        filled = int(width * done / self.total)
+        self.stream.write(f"\r[decent_q] calibration [{'#' * filled}{'.' * (width - filled)}] "
+                          f"{done}/{self.total} {rate:.1f} batches/s")
+        self.stream.flush()
+        self.shown = True
+
+    def close(self):
+        if self.shown:
+            self.stream.write("\n")
+            self.stream.flush()
+            self.shown = False
+
+
+def log_summary(plan, paths, seconds):
+    """Logs what was quantized, what stayed float and why, the files and the time."""
+    quantized = {node_name(p.tensor) for p in plan.points}
+    log.info("quantized: %d FixNeurons on %d nodes, %d compute layers", len(plan.points),
+             len(quantized), len(plan.layers))
+    reasons = collections.Counter(_reason_kind(r) for r in plan.float_nodes.values())
+    if reasons:
+        log.info("left float: %d nodes (%s)", len(plan.float_nodes),
+                 ", ".join(f"{n} {r}" for r, n in sorted(reasons.items())))
+    for path in paths.values():
+        log.info("wrote %s", path)
+    log.info("done in %.1f s", seconds)
+
+
+def _reason_kind(reason):
+    """'Softmax is not quantized by design' -> 'not quantized by design' (groups reasons)."""
+    for key in ("not quantized by design", "not supported", "in ignore_nodes",
+                "an input is not quantized", "not parameters"):
+        if key in reason:
+            return key
+    return reason

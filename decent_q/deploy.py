@@ -1,0 +1,325 @@
+"""Eval model -> deploy model: the compiler's input, FixNeurons folded into attributes.
+
+``deploy_graph_def`` reads an eval model (EVAL FixNeurons with their positions, as
+``quantize_eval_model.pb``) and writes the deploy model (SPEC.md "Files", ``deploy_model.pb``).
+The deploy model is a GraphDef in TensorFlow's extended format for the Vitis AI compiler; it
+does NOT run in TensorFlow (fused compute nodes carry their weights as attributes and have no
+weight input).
+
+What changes, node by node (``[bit, pos]`` pairs: bit width and fixed position of a tensor,
+whose integer value is ``value * 2^pos``)::
+
+    FixNeuron                  folded away; its consumers read its input
+    compute layer              one node, op type of the compute op (Conv2D,
+      conv [-> bias] [-> act]    DepthwiseConv2dNative, Conv2DBackpropInput, MatMul),
+                                 named like the compute op, data input only; attrs:
+                                 weights, bias (quantized tensors), wpos, bpos, ipos, opos,
+                                 activation ("Relu", "Relu6", "LeakyRelu" or "None"), alpha
+                                 (LeakyRelu), fused_nodes (the eval-model nodes it replaces)
+                                 and the compute op's own attrs (strides, padding, ...)
+    quantized constant         a Const holding the quantized values, attr wpos
+    other nodes                opos (position of the output, if quantized) and ipos (of the
+                                 data inputs, in order, when all of them are quantized)
+    constant parameters        become attrs and leave the inputs: Mean reduction axes ->
+                                 axis; Pad/MirrorPad paddings -> paddings (flattened);
+                                 Concat/ConcatV2 axis -> axis; Reshape shape -> shape;
+                                 ExpandDims dim -> axis
+    Placeholder                batch dimension set to 1
+    node in ignore_nodes       attr quantize_ignored = true
+
+Atrous convolutions (SpaceToBatchND -> conv -> BatchToSpaceND) and QAT's frozen batch-norm
+correction (conv -> Mul) are not collapsed: their weights become quantized constants.
+"""
+
+import numpy as np
+import tensorflow as tf
+
+from decent_q.errors import QuantizeError
+from decent_q.graph import quantized
+from decent_q.graph import utils
+from decent_q.graph.utils import is_control, node_name
+
+# op type -> (index of the constant-parameter input, attr name). Negative: from the end.
+_PARAM_ATTRS = {
+    "Mean": (1, "axis"),
+    "Pad": (1, "paddings"),
+    "MirrorPad": (1, "paddings"),
+    "Concat": (0, "axis"),
+    "ConcatV2": (-1, "axis"),
+    "Reshape": (1, "shape"),
+    "ExpandDims": (1, "axis"),
+}
+_NOT_COLLAPSED = frozenset({"BatchToSpaceND", "Mul"})  # atrous conv, QAT BN correction
+
+
+def deploy_graph_def(eval_graph_def, config):
+    """The deploy model of an eval model (see the module docstring). Pure.
+
+    Args:
+      eval_graph_def: a GraphDef with EVAL FixNeurons (quantize_eval_model).
+      config: the QuantizeConfig it was quantized with (ignore_nodes, output_nodes).
+
+    Returns:
+      A new GraphDef for the compiler. It does not run in TensorFlow.
+
+    Raises:
+      QuantizeError: the quantized constants cannot be evaluated.
+    """
+    return _Deployer(eval_graph_def, config).run()
+
+
+def pos_attr(fix_node):
+    """[bit, pos] of a FixNeuron NodeDef."""
+    return [quantized.bit_width(fix_node), quantized.position(fix_node)]
+
+
+class _Deployer:
+
+    def __init__(self, graph_def, config):
+        self.gd = graph_def
+        self.config = config
+        self.em = quantized.EvalModel(graph_def)
+        self.nm = self.em.nm
+        self.const_fixes = sorted(n for n in self.em.fixes
+                                  if self.em.fix_input_value(n) is not None)
+        self.values = _evaluate(graph_def, self.const_fixes)
+        self.layers = [l for l in self.em.layers() if self._collapsible(l)]
+        self.layer_of = {}  # eval node -> its layer, for nodes absorbed into a fused node
+        self.alias = {}  # eval node name -> deploy node name
+        for layer in self.layers:
+            for name in layer.nodes:
+                self.layer_of[name] = layer
+            self.alias[layer.nodes[-1]] = layer.compute
+        self.absorbed_fixes = {f for l in self.layers for f in (l.weight_fix, l.bias_fix) if f}
+        self.replaced_consts = set()
+        for name in self.const_fixes:
+            if name not in self.absorbed_fixes:
+                source = self._const_behind(self.em.fixes[name].input[0])
+                if len(self.nm.node_consumers(source.name)) == 1:
+                    self.alias[name] = source.name
+                    self.replaced_consts.add(source.name)
+                else:
+                    self.alias[name] = name
+
+    def _collapsible(self, layer):
+        if layer.weight_fix not in self.values:
+            return False
+        if layer.bias_fix is not None and layer.bias_fix not in self.values:
+            return False
+        act = set(self._activation_nodes(layer))
+        return not any(self.nm[n].op in _NOT_COLLAPSED for n in layer.nodes[1:]
+                       if n not in act)
+
+    def _activation_nodes(self, layer):
+        """The trailing nodes of `layer` that form its activation."""
+        last = self.nm[layer.nodes[-1]].op
+        count = {"Maximum": 2, "Sub": 5, "Relu": 1, "Relu6": 1, "LeakyRelu": 1}.get(last, 0)
+        return layer.nodes[len(layer.nodes) - count:] if count else ()
+
+    # -- name resolution -----------------------------------------------------------------
+    def resolve(self, inp):
+        """The deploy input standing for eval input `inp` (FixNeurons and fused layers)."""
+        control = is_control(inp)
+        name = node_name(inp)
+        for _ in range(len(self.gd.node) + 1):
+            node = self.nm.get(name)
+            if name in self.alias:
+                name = self.alias[name]
+                break
+            if node is not None and node.op == quantized.FIX_OP and \
+                    name not in self.const_fixes:
+                inp, name = node.input[0], node_name(node.input[0])
+                continue
+            break
+        if control:
+            return "^" + name
+        if name != node_name(inp):
+            return name
+        return inp
+
+    def position_of(self, name):
+        """[bit, pos] of eval node `name`'s output, or None."""
+        fix = self.em.output_fix(name)
+        return pos_attr(self.em.fixes[fix]) if fix else None
+
+    # -- building ------------------------------------------------------------------------
+    def run(self):
+        out = tf.compat.v1.GraphDef()
+        out.versions.CopyFrom(self.gd.versions)
+        out.library.CopyFrom(self.gd.library)
+        ignored = set(self.config.ignore_nodes)
+        for node in self.gd.node:
+            if node.name in self.layer_of:
+                if node.name == self.layer_of[node.name].compute:
+                    out.node.append(self.fused(self.layer_of[node.name]))
+                continue
+            if node.op == quantized.FIX_OP:
+                if node.name in self.const_fixes and node.name not in self.absorbed_fixes:
+                    out.node.append(self.quantized_const(node))
+                continue
+            if node.name in self.replaced_consts:
+                continue
+            new = self.copy(node)
+            if new.name in ignored:
+                new.attr["quantize_ignored"].b = True
+            out.node.append(new)
+        return _prune_constants(out, self.config.output_nodes)
+
+    def copy(self, node):
+        new = tf.compat.v1.NodeDef()
+        new.CopyFrom(node)
+        del new.input[:]
+        new.input.extend(self.resolve(i) for i in node.input)
+        if node.op == "Placeholder" and "shape" in node.attr and \
+                not node.attr["shape"].shape.unknown_rank and node.attr["shape"].shape.dim:
+            new.attr["shape"].shape.dim[0].size = 1
+        if node.op in _PARAM_ATTRS:
+            self.param_to_attr(node, new)
+        if node.op != "Const":
+            opos = self.position_of(node.name)
+            if opos is not None:
+                new.attr["opos"].CopyFrom(utils.attr_value(opos))
+            ipos = self.input_positions(node)
+            if ipos:
+                new.attr["ipos"].CopyFrom(utils.attr_value(ipos))
+        return new
+
+    def input_positions(self, node, inputs=None):
+        """[bit, pos, bit, pos, ...] of the non-constant data inputs, or [] if one is not
+        quantized."""
+        flat = []
+        for inp in inputs if inputs is not None else self.nm.data_inputs(node):
+            producer = self.nm.producer(inp)
+            if producer is not None and producer.op == "Const":
+                continue
+            pos = self.position_of(node_name(inp))
+            if pos is None:
+                return []
+            flat += pos
+        return flat
+
+    def param_to_attr(self, node, new):
+        index, attr = _PARAM_ATTRS[node.op]
+        data = [i for i in node.input if not is_control(i)]
+        if len(data) < 2:
+            return
+        index = index % len(data)
+        producer = self.nm.producer(data[index])
+        if producer is None or producer.op != "Const":
+            return  # computed at run time: stays an input
+        value = np.asarray(utils.const_value(producer)).astype(np.int64).reshape(-1)
+        new.attr[attr].CopyFrom(
+            utils.attr_value(int(value[0]) if attr == "axis" and node.op != "Mean"
+                             else [int(v) for v in value]))
+        kept = [self.resolve(i) for k, i in enumerate(data) if k != index]
+        controls = [i for i in new.input if is_control(i)]
+        del new.input[:]
+        new.input.extend(kept + controls)
+
+    def quantized_const(self, fix):
+        """The Const replacing a constant FixNeuron (named like the FixNeuron's Const when
+        it is that Const's only consumer, else like the FixNeuron)."""
+        node = utils.const_node(self.alias[fix.name], self.values[fix.name].astype(np.float32))
+        node.attr["wpos"].CopyFrom(utils.attr_value(pos_attr(fix)))
+        return node
+
+    def _const_behind(self, inp):
+        node = self.nm.get(inp)
+        while node.op == "Identity":
+            node = self.nm.get(node.input[0])
+        return node
+
+    def fused(self, layer):
+        conv = self.nm[layer.compute]
+        spec_data = {"Conv2D": 0, "DepthwiseConv2dNative": 0, "Conv2DBackpropInput": 2,
+                     "MatMul": 0}[conv.op]
+        new = tf.compat.v1.NodeDef(op=conv.op, name=conv.name)
+        for key in sorted(conv.attr):
+            new.attr[key].CopyFrom(conv.attr[key])
+        data = self.nm.data_inputs(conv)
+        if conv.op == "Conv2DBackpropInput":
+            shape = self.nm.producer(data[0])
+            if shape is not None and shape.op == "Const":
+                new.attr["output_shape"].CopyFrom(utils.attr_value(
+                    [int(v) for v in utils.const_value(shape).reshape(-1)]))
+            else:
+                new.input.append(self.resolve(data[0]))
+        new.input.append(self.resolve(data[spec_data]))
+        fixes = self.em.fixes
+        new.attr["weights"].CopyFrom(tf.compat.v1.AttrValue(
+            tensor=tf.make_tensor_proto(self.values[layer.weight_fix].astype(np.float32))))
+        new.attr["wpos"].CopyFrom(utils.attr_value(pos_attr(fixes[layer.weight_fix])))
+        if layer.bias_fix is not None:
+            new.attr["bias"].CopyFrom(tf.compat.v1.AttrValue(
+                tensor=tf.make_tensor_proto(self.values[layer.bias_fix].astype(np.float32))))
+            new.attr["bpos"].CopyFrom(utils.attr_value(pos_attr(fixes[layer.bias_fix])))
+        if layer.input_fix is not None:
+            new.attr["ipos"].CopyFrom(utils.attr_value(pos_attr(fixes[layer.input_fix])))
+        if layer.output_fix is not None:
+            new.attr["opos"].CopyFrom(utils.attr_value(pos_attr(fixes[layer.output_fix])))
+        activation, alpha = self.activation(layer)
+        new.attr["activation"].CopyFrom(utils.attr_value(activation))
+        if alpha is not None:
+            new.attr["alpha"].CopyFrom(utils.attr_value(float(alpha)))
+        new.attr["fused_nodes"].CopyFrom(tf.compat.v1.AttrValue(
+            list=tf.compat.v1.AttrValue.ListValue(s=[n.encode() for n in layer.nodes])))
+        if conv.name in self.config.ignore_nodes:
+            new.attr["quantize_ignored"].b = True
+        controls = [i for n in layer.nodes for i in self.nm[n].input if is_control(i)]
+        new.input.extend(sorted(set(self.resolve(i) for i in controls)))
+        return new
+
+    def activation(self, layer):
+        """('Relu' | 'Relu6' | 'LeakyRelu' | 'None', alpha or None) of a layer."""
+        nodes = self._activation_nodes(layer)
+        if not nodes:
+            return "None", None
+        last = self.nm[nodes[-1]]
+        if last.op in ("Relu", "Relu6"):
+            return last.op, None
+        if last.op == "LeakyRelu":
+            return "LeakyRelu", last.attr["alpha"].f
+        mul = next((self.nm[n] for n in nodes if self.nm[n].op == "Mul"), None)
+        if mul is not None:
+            for inp in self.nm.data_inputs(mul):
+                producer = self.nm.producer(inp)
+                if producer is not None and producer.op == "Const":
+                    return "LeakyRelu", float(np.asarray(utils.const_value(producer)).reshape(-1)[0])
+                if producer is not None and producer.name in self.values:
+                    return "LeakyRelu", float(self.values[producer.name].reshape(-1)[0])
+        return "LeakyRelu", None
+
+
+def _evaluate(graph_def, names):
+    """{FixNeuron name: its output} for FixNeurons of constants (no feed needed)."""
+    if not names:
+        return {}
+    import decent_q.ops  # noqa: F401  pylint: disable=import-outside-toplevel
+    graph = tf.Graph()
+    with graph.as_default():
+        tf.graph_util.import_graph_def(graph_def, name="")
+    try:
+        with tf.compat.v1.Session(graph=graph) as sess:
+            values = sess.run([f"{n}:0" for n in names])
+    except tf.errors.OpError as err:
+        raise QuantizeError(f"cannot evaluate the quantized constants of the eval model: "
+                            f"{err.message.splitlines()[0]}") from err
+    return dict(zip(names, (np.asarray(v) for v in values)))
+
+
+def _prune_constants(graph_def, keep):
+    """Drops Const nodes (and Identity reads of them) that nothing reads any more."""
+    keep = set(keep)
+    while True:
+        used = {node_name(i) for n in graph_def.node for i in n.input}
+        by_name = {n.name: n for n in graph_def.node}
+        drop = {n.name for n in graph_def.node
+                if n.name not in used and n.name not in keep and
+                (n.op == "Const" or (n.op == "Identity" and n.input and
+                                     getattr(by_name.get(node_name(n.input[0])), "op", "")
+                                     == "Const"))}
+        if not drop:
+            return graph_def
+        nodes = [n for n in graph_def.node if n.name not in drop]
+        del graph_def.node[:]
+        graph_def.node.extend(nodes)

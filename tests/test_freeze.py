@@ -1,0 +1,101 @@
+"""freeze.py: the freeze_graph command (graph + checkpoint, or SavedModel -> frozen graph)."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from decent_q import freeze
+from decent_q.graph import utils
+
+IMAGES = np.random.default_rng(0).uniform(size=[2, 4, 4, 3]).astype(np.float32)
+
+
+def _model(use_resource):
+    x = tf.compat.v1.placeholder(tf.float32, [None, 4, 4, 3], name="input")
+    with tf.compat.v1.variable_scope("net", use_resource=use_resource):
+        w = tf.compat.v1.get_variable("w", [3, 3, 3, 2])
+        b = tf.compat.v1.get_variable("b", [2], initializer=tf.compat.v1.ones_initializer())
+    return tf.identity(tf.nn.relu(tf.nn.conv2d(x, w, 1, "SAME") + b), name="out")
+
+
+def _train_files(folder, use_resource, as_text=False):
+    graph = tf.Graph()
+    with graph.as_default():
+        out = _model(use_resource)
+        saver = tf.compat.v1.train.Saver()
+        with tf.compat.v1.Session() as sess:
+            sess.run(tf.compat.v1.global_variables_initializer())
+            expected = sess.run(out, {"input:0": IMAGES})
+            ckpt = saver.save(sess, str(folder / "model.ckpt"), global_step=7)
+        name = "graph.pbtxt" if as_text else "graph.pb"
+        tf.io.write_graph(graph.as_graph_def(), str(folder), name, as_text=as_text)
+    return str(folder / name), ckpt, expected
+
+
+def _run_frozen(path):
+    gd = utils.load_graph_def(path)
+    assert not [n.op for n in gd.node if "Variable" in n.op or n.op == "VarHandleOp"]
+    graph = tf.Graph()
+    with graph.as_default():
+        tf.graph_util.import_graph_def(gd, name="")
+    with tf.compat.v1.Session(graph=graph) as sess:
+        return sess.run("out:0", {"input:0": IMAGES})
+
+
+@pytest.mark.parametrize("use_resource", [False, True])
+def test_freeze_binary_graph(tmp_path, use_resource):
+    graph, ckpt, expected = _train_files(tmp_path, use_resource)
+    out = str(tmp_path / "frozen.pb")
+    assert freeze.main(["--input_graph", graph, "--input_checkpoint", ckpt, "--input_binary",
+                        "true", "--output_graph", out, "--output_node_names", "out"]) == 0
+    np.testing.assert_allclose(_run_frozen(out), expected, rtol=1e-6)
+
+
+def test_freeze_text_graph_and_checkpoint_folder(tmp_path):
+    graph, _, expected = _train_files(tmp_path, False, as_text=True)
+    out = str(tmp_path / "sub" / "frozen.pb")
+    assert freeze.main(["--input_graph", graph, "--input_checkpoint", str(tmp_path),
+                        "--output_graph", out, "--output_node_names", "out"]) == 0
+    np.testing.assert_allclose(_run_frozen(out), expected, rtol=1e-6)
+
+
+def test_freeze_saved_model(tmp_path):
+    graph = tf.Graph()
+    with graph.as_default():
+        out = _model(False)
+        with tf.compat.v1.Session() as sess:
+            sess.run(tf.compat.v1.global_variables_initializer())
+            expected = sess.run(out, {"input:0": IMAGES})
+            tf.compat.v1.saved_model.simple_save(
+                sess, str(tmp_path / "sm"), {"input": graph.get_tensor_by_name("input:0")},
+                {"out": out})
+    path = str(tmp_path / "frozen.pb")
+    assert freeze.main(["--input_saved_model_dir", str(tmp_path / "sm"), "--output_graph",
+                        path, "--output_node_names", "out"]) == 0
+    np.testing.assert_allclose(_run_frozen(path), expected, rtol=1e-6)
+
+
+def test_errors(tmp_path, capsys):
+    graph, ckpt, _ = _train_files(tmp_path, False)
+    out = str(tmp_path / "frozen.pb")
+    cases = [
+        (["--input_graph", graph, "--input_checkpoint", ckpt, "--input_binary", "true",
+          "--output_graph", out, "--output_node_names", "outt"], 1, "did you mean 'out'"),
+        (["--input_graph", graph, "--input_checkpoint", ckpt, "--input_binary", "false",
+          "--output_graph", out, "--output_node_names", "out"], 1, "try --input_binary true"),
+        (["--input_graph", graph, "--input_checkpoint", str(tmp_path / "nope"),
+          "--input_binary", "true", "--output_graph", out, "--output_node_names", "out"], 1,
+         "does not exist"),
+        (["--output_graph", out, "--output_node_names", "out"], 2, "give either"),
+        (["--input_graph", graph, "--input_binary", "true", "--output_graph", out,
+          "--output_node_names", "out"], 2, "needs --input_checkpoint"),
+        (["--input_graph", graph], 2, "required"),
+        (["--input_graph", graph, "--input_binary", "maybe", "--output_graph", out,
+          "--output_node_names", "out"], 2, "expected true or false"),
+    ]
+    for argv, code, message in cases:
+        assert freeze.main(argv) == code, argv
+        err = capsys.readouterr().err
+        assert message in err, (argv, err)
+        assert "Traceback" not in err
+    assert not (tmp_path / "frozen.pb").exists()
