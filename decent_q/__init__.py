@@ -12,6 +12,8 @@ _decent_q_contrib.install()
 from decent_q.config import QuantizeConfig
 from decent_q.errors import ConfigError, QuantizeError
 from decent_q.ops import Mode, Phase, fix_neuron, load_library
+from decent_q.qat import (CreateQuantizeDeployGraph, CreateQuantizeEvaluationGraph,
+                          CreateQuantizeTrainingGraph)
 from decent_q.version import __version__
 
 load_library()
@@ -24,4 +26,7 @@ __all__ = [
     "Phase",
     "fix_neuron",
     "__version__",
+    "CreateQuantizeTrainingGraph",
+    "CreateQuantizeEvaluationGraph",
+    "CreateQuantizeDeployGraph",
 ]
