@@ -8,7 +8,7 @@ pure Python and never mismatches the TensorFlow binary.
 import os
 import shutil
 
-from setuptools import setup
+from setuptools import find_packages, setup
 from setuptools.command.build_py import build_py
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -39,7 +39,7 @@ setup(
     description="Power-of-two (DPU) quantization of TensorFlow graphs: QAT and post-training",
     long_description=open(os.path.join(HERE, "README.md")).read(),
     long_description_content_type="text/markdown",
-    packages=["decent_q", "decent_q.graph", "decent_q.transforms"],
+    packages=find_packages(include=["decent_q", "decent_q.*"]),
     py_modules=["_decent_q_contrib"],
     python_requires=">=3.9",
     install_requires=[

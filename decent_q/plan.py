@@ -114,6 +114,7 @@ class _Finder:
         self.float_nodes: Dict[str, str] = {}
         self.quantized = {}  # tensor -> name of the point that quantizes it for all consumers
         self.done = set()  # nodes handled as part of a layer
+        self.shape_nodes = set()  # integer shape arithmetic (from Shape ops)
 
     # -- classification -------------------------------------------------------------------
     def is_param(self, tensor):
@@ -166,6 +167,10 @@ class _Finder:
                 continue
             if name in self.done:
                 continue
+            if node.op in registry.SHAPE_OPS or self.is_shape_math(node):
+                self.shape_nodes.add(name)
+                self.float_nodes[name] = "shape computation"
+                continue
             if node.op in registry.COMPUTE_OPS and self.match_layer(node):
                 continue
             if node.op in registry.FLOAT_OPS:
@@ -178,9 +183,19 @@ class _Finder:
                 self.float_nodes[name] = f"op type {node.op} is not supported; left float"
         return Plan(self.points, self.layers, self.float_nodes, self.range)
 
+    def is_shape_math(self, node):
+        data = [node_name(i) for i in self.nm.data_inputs(node) if not self.is_param(i)]
+        return bool(data) and all(d in self.shape_nodes for d in data)
+
     def data_ready(self, node):
-        """Data inputs of node (parameters excluded) and whether all are quantized."""
-        data = [tensor_name(i) for i in self.nm.data_inputs(node) if not self.is_param(i)]
+        """Data inputs of node (parameters and shape inputs excluded) and whether all are
+        quantized."""
+        ins = self.nm.data_inputs(node)
+        if node.op in ("Concat", "ConcatV2"):
+            ins = ins[1:] if node.op == "Concat" else ins[:-1]
+        elif node.op in registry.DATA_INPUTS:
+            ins = [ins[i] for i in registry.DATA_INPUTS[node.op] if i < len(ins)]
+        data = [tensor_name(i) for i in ins if not self.is_param(i)]
         return data, bool(data) and all(t in self.quantized for t in data)
 
     def pass_through(self, node):
@@ -207,12 +222,22 @@ class _Finder:
             return
         self.add_activation(node.name)
 
+    def param_other(self, node, tensor):
+        """Whether node's input other than `tensor` is a parameter."""
+        other = self.other_input(node, tensor)
+        return other is not None and self.is_param(other)
+
     def fuses(self, node, follower):
+        out = tensor_name(node.name)
         if node.op in ("Add", "AddV2", "AddN") and follower.op in ("Relu", "Relu6"):
             return True
         if node.op in ("AvgPool", "Mean") and follower.op == "Mul":
-            other = self.other_input(follower, tensor_name(node.name))
-            return other is not None and self.is_param(other)
+            return self.param_other(follower, out)
+        if node.op == "Mul" and follower.op in registry.BIAS_OPS:
+            # x * scale + offset: a batch norm with no compute op before it
+            data = self.data_ready(node)[0]
+            return len(data) == 1 and self.param_other(node, data[0]) and \
+                self.param_other(follower, out)
         return False
 
     def match_layer(self, conv):

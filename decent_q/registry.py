@@ -39,12 +39,21 @@ PASS_THROUGH_OPS = frozenset({
     "Squeeze", "Reshape", "ExpandDims", "Flatten",
     "Relu", "Relu6", "LeakyRelu",
     "Add", "AddV2", "AddN",  # residual connections
+    "BiasAdd",          # x * scale + offset: a batch norm with no compute op before it
     "Mul",              # AvgPool / hard-sigmoid DPU scaling and elementwise products
     "Maximum", "Minimum",
     "ResizeBilinear", "ResizeNearestNeighbor",
     "DepthToSpace", "SpaceToDepth",
     "StridedSlice", "Slice", "Transpose",
 })
+
+# Inputs of pass-through ops that carry data; the others are shapes, axes or paddings and never
+# decide whether an op is quantized. Ops not listed: every input is data.
+DATA_INPUTS = {
+    "Reshape": (0,), "ExpandDims": (0,), "Squeeze": (0,), "Mean": (0,), "Pad": (0,),
+    "MirrorPad": (0,), "ResizeBilinear": (0,), "ResizeNearestNeighbor": (0,),
+    "StridedSlice": (0,), "Slice": (0,), "Transpose": (0,), "Tile": (0,),
+}
 
 # Ops that pass values through unchanged in position: quantizing their output would repeat the
 # input's FixNeuron; positions are propagated through them instead (align_concat walks them).
@@ -55,8 +64,12 @@ SHAPE_ONLY_OPS = frozenset({"Reshape", "ExpandDims", "Squeeze", "Flatten", "Iden
 FLOAT_OPS = frozenset({
     "Softmax", "LogSoftmax",    # guide 4.2.2.4 note 3: softmax output is not quantized
     "Sigmoid", "Tanh", "Exp",   # unless replaced (hard-sigmoid)
-    "ArgMax", "Shape", "Size", "Rank", "Cast", "TopKV2", "NonMaxSuppressionV3",
+    "ArgMax", "Cast", "TopKV2", "NonMaxSuppressionV3",
 })
+
+# Ops that read a tensor's shape: they and what is computed only from them are integer shape
+# arithmetic, never quantized and not worth a warning.
+SHAPE_OPS = frozenset({"Shape", "ShapeN", "Size", "Rank"})
 
 # Batch norm ops folded into the preceding compute op.
 BATCH_NORM_OPS = frozenset({"FusedBatchNorm", "FusedBatchNormV2", "FusedBatchNormV3",

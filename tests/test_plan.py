@@ -258,3 +258,41 @@ def test_apply_to_graph_live_matches_apply_to_graph_def():
     positions = {k: ops.kept_position_np(v) for k, v in hists.items()}
     frozen = _run(plan_lib.apply_to_graph_def(gd, plan, positions), "c2/act/aquant:0", x)
     assert np.array_equal(live, frozen)
+
+
+def test_shape_arithmetic_is_not_flagged():
+    def net(x):
+        y = conv(x, 3, "c1")
+        return tf.reshape(y, tf.stack([tf.shape(y)[0], -1]), name="flat")
+    plan = plan_of(build(net), ["flat"])
+    assert "flat/aquant" in names(plan)
+    assert not any("not supported" in r for r in plan.float_nodes.values())
+    assert "shape computation" in plan.float_nodes.values()
+
+
+def test_batch_norm_without_compute_op_is_folded_to_scale_offset_and_quantized_once():
+    from decent_q.transforms import fold_batch_norms  # pylint: disable=import-outside-toplevel
+
+    def net(x):
+        y = conv(x, 3, "c1")
+        bn = tf.compat.v1.nn.fused_batch_norm(
+            y, const([3], "g"), const([3], "b"), mean=const([3], "m"),
+            variance=tf.constant(np.ones(3, np.float32) * 2, name="v"), is_training=False,
+            name="pre_bn")[0]
+        return tf.nn.relu(bn, name="pre_relu")
+    gd = fold_batch_norms.fold_batch_norms(build(net), keep=["input", "pre_relu"])
+    assert "FusedBatchNormV3" not in {n.op for n in gd.node}
+    plan = plan_of(gd, ["pre_relu"])
+    assert "pre_bn/mul/aquant" not in names(plan)
+    assert "pre_bn/aquant" in names(plan) and "pre_relu/aquant" in names(plan)
+
+
+def test_identity_n_is_removed():
+    from decent_q.transforms import cleanup  # pylint: disable=import-outside-toplevel
+
+    def net(x):
+        a, b = tf.identity_n([tf.nn.relu(x, name="r"), tf.nn.relu6(x, name="r6")], name="idn")
+        return tf.add(a, b, name="sum")
+    gd = cleanup.remove_identities(build(net), keep=["input", "sum"])
+    nodes = {n.name: n for n in gd.node}
+    assert "idn" not in nodes and list(nodes["sum"].input) == ["r", "r6"]

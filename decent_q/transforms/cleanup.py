@@ -10,7 +10,7 @@ import tensorflow as tf
 from decent_q.graph import utils
 from decent_q.graph.utils import is_control, node_name, tensor_name
 
-_PASS_OPS = frozenset({"Identity", "CheckNumerics", "StopGradient", "Snapshot"})
+_PASS_OPS = frozenset({"Identity", "IdentityN", "CheckNumerics", "StopGradient", "Snapshot"})
 # Ops never folded although their inputs are constant.
 _NOT_FOLDABLE = frozenset({"Const", "Placeholder", "PlaceholderWithDefault", "VariableV2",
                            "VarHandleOp", "RandomUniform", "RandomStandardNormal",
@@ -27,11 +27,14 @@ def _copy_with(graph_def, nodes):
 
 
 def _bypass(graph_def, replace):
-    """Drops nodes in `replace` (name -> tensor that stands for its output 0) and rewires."""
+    """Drops nodes in `replace` and rewires their consumers. replace: name -> the tensor that
+    stands for its output 0, or a list of tensors, one per output (IdentityN)."""
     def resolve(inp):
         seen = 0
         while node_name(inp) in replace and seen < 10000:
             target = replace[node_name(inp)]
+            if isinstance(target, list):
+                target = target[int(tensor_name(inp).rsplit(":", 1)[1])]
             inp = ("^" + node_name(target)) if is_control(inp) else target
             seen += 1
         return inp
@@ -52,13 +55,16 @@ def _bypass(graph_def, replace):
 
 
 def remove_identities(graph_def, keep=()):
-    """Removes Identity / CheckNumerics / StopGradient nodes (not those in `keep`)."""
+    """Removes Identity / IdentityN / CheckNumerics / StopGradient nodes (not those in
+    `keep`)."""
     keep = set(keep)
     replace = {}
     for node in graph_def.node:
         if node.op in _PASS_OPS and node.name not in keep:
             data = [i for i in node.input if not is_control(i)]
-            if len(data) == 1:
+            if node.op == "IdentityN":
+                replace[node.name] = data
+            elif len(data) == 1:
                 replace[node.name] = data[0]
     return _bypass(graph_def, replace)
 

@@ -35,17 +35,22 @@ def batch_norm_params(node, nm):
         return None if producer is None or producer.op != "Const" else \
             utils.const_value(producer).astype(np.float64)
 
+    # Read attrs with their op defaults: a GraphDef may omit default-valued attrs, and
+    # node.attr[key] on a missing key would insert an empty value into the caller's graph.
+    def attr(key, kind, default):
+        return getattr(node.attr[key], kind) if key in node.attr else default
+
     if node.op.startswith("FusedBatchNorm"):
-        if node.attr["is_training"].b:
+        if attr("is_training", "b", True):  # the op's default is training mode
             return None
-        if node.attr["data_format"].s not in (b"", b"NHWC"):
+        if attr("data_format", "s", b"NHWC") not in (b"", b"NHWC"):
             return None
         gamma, beta, mean, var = (value(i) for i in range(1, 5))
-        eps = node.attr["epsilon"].f
+        eps = attr("epsilon", "f", 0.0001)
     elif node.op == "BatchNormWithGlobalNormalization":
         mean, var, beta, gamma = (value(i) for i in range(1, 5))
-        eps = node.attr["variance_epsilon"].f
-        if gamma is not None and not node.attr["scale_after_normalization"].b:
+        eps = attr("variance_epsilon", "f", 0.0)
+        if gamma is not None and not attr("scale_after_normalization", "b", False):
             gamma = np.ones_like(gamma)
     else:
         return None
@@ -168,6 +173,22 @@ def fold_batch_norms(graph_def, keep=()):
         replaced[last.name] = utils.make_node("BiasAdd", last.name, [cur.name, bias_name],
                                               T=tf.float32)
         dropped.update(removed)
+    # Batch norms with no compute op before them become x * scale + offset (SPEC).
+    for node in graph_def.node:
+        if node.op in registry.BATCH_NORM_OPS and node.name not in replaced:
+            params = batch_norm_params(node, nm)
+            if params is None or any(nm.consumers.get(f"{node.name}:{k}") for k in range(1, 6)):
+                continue
+            scale, offset = params
+            x = nm.data_inputs(node)[0]
+            extra.append((node.name, utils.const_node(f"{node.name}/scale",
+                                                      scale.astype(np.float32))))
+            extra.append((node.name, utils.const_node(f"{node.name}/offset",
+                                                      offset.astype(np.float32))))
+            extra.append((node.name, utils.make_node("Mul", f"{node.name}/mul",
+                                                     [x, f"{node.name}/scale"], T=tf.float32)))
+            replaced[node.name] = utils.make_node(
+                "BiasAdd", node.name, [f"{node.name}/mul", f"{node.name}/offset"], T=tf.float32)
     if not replaced:
         return graph_def
     nodes = []

@@ -1,0 +1,327 @@
+"""Reading and editing an eval model: a GraphDef whose FixNeuron nodes are in EVAL phase.
+
+The position passes (align_concat, adjust_shift_cut, adjust_shift_bias) and the deploy writer
+reason about FixNeurons and compute layers of such a graph. A compute layer, found forwards
+from its compute op (the layout :func:`decent_q.plan.apply_to_graph_def` writes)::
+
+    input FixNeuron --[Reshape | ExpandDims | Squeeze | Identity | SpaceToBatchND]--+
+    weight FixNeuron --[Identity]--> Conv2D | DepthwiseConv2dNative | Conv2DBackpropInput
+                                     | MatMul
+                                       |  [BatchToSpaceND]  [Mul by a Const]
+    bias FixNeuron (mode WEIGHT) --> [BiasAdd | Add | AddV2]
+                                       |
+                                     [Relu | Relu6 | LeakyRelu | Maximum(Mul(a, x), x)
+                                      | Sub(Relu(x), Mul(a, Relu(Neg(x))))]
+                                       |
+                                     output FixNeuron
+
+Every op after the compute op has a single consumer, except the two ops of a multi-op
+LeakyRelu's input. Positions are read from and written to the FixNeuron ``quantize_pos`` attr.
+"""
+
+import dataclasses
+from typing import Optional, Tuple
+
+import tensorflow as tf
+
+from decent_q import registry
+from decent_q.graph import utils
+from decent_q.graph.utils import node_name, tensor_name
+from decent_q.ops import Mode
+
+FIX_OP = "FixNeuron"
+
+# Ops that pass their input through without changing values: a tensor behind them has the
+# position of the tensor in front of them. SpaceToBatchND only pads with zeros (atrous conv).
+POSITION_PRESERVING_OPS = registry.SHAPE_ONLY_OPS | frozenset({"SpaceToBatchND",
+                                                               "BatchToSpaceND"})
+_BIAS_OPS = registry.BIAS_OPS
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantizedLayer:
+    """A compute layer of an eval model and the FixNeurons around it (names, or None).
+
+    ``kernel`` is (kh, kw) (1, 1 for MatMul); ``in_channels`` is the number of input channels
+    each output sums over (1 for depthwise). Both are None when the weights are not a Const.
+    """
+    compute: str
+    op: str
+    kind: str  # 'conv', 'depthwise', 'transposed' or 'matmul'
+    nodes: Tuple[str, ...]
+    kernel: Optional[Tuple[int, int]]
+    in_channels: Optional[int]
+    input_fix: Optional[str]
+    weight_fix: Optional[str]
+    bias_fix: Optional[str]
+    output_fix: Optional[str]
+
+    @property
+    def accumulations(self):
+        """kh * kw * in_channels: the number of products summed per output, or None."""
+        if self.kernel is None or self.in_channels is None:
+            return None
+        return self.kernel[0] * self.kernel[1] * self.in_channels
+
+
+_KINDS = {"Conv2D": "conv", "DepthwiseConv2dNative": "depthwise",
+          "Conv2DBackpropInput": "transposed", "MatMul": "matmul"}
+
+
+def is_fix_neuron(node):
+    return node is not None and node.op == FIX_OP
+
+
+def fix_neurons(graph_def):
+    """{name: NodeDef} of every FixNeuron, in GraphDef order."""
+    return {n.name: n for n in graph_def.node if n.op == FIX_OP}
+
+
+def position(node):
+    """The quantize_pos of a FixNeuron NodeDef."""
+    return int(node.attr["quantize_pos"].i)
+
+
+def bit_width(node):
+    """The bit_width of a FixNeuron NodeDef (8 when unset)."""
+    return int(node.attr["bit_width"].i) if "bit_width" in node.attr else 8
+
+
+def mode(node):
+    return int(node.attr["mode"].i)
+
+
+def set_position(graph_def, name, pos):
+    """Sets FixNeuron `name`'s quantize_pos in `graph_def` IN PLACE; returns the old position.
+
+    Raises:
+      KeyError: no FixNeuron `name` in graph_def.
+    """
+    for node in graph_def.node:
+        if node.name == name and node.op == FIX_OP:
+            old = position(node)
+            node.attr["quantize_pos"].i = int(pos)
+            return old
+    raise KeyError(f"no FixNeuron named {name!r} in the graph")
+
+
+def with_positions(graph_def, positions):
+    """A copy of graph_def with FixNeuron positions changed as {name: pos} says (pure)."""
+    out = tf.compat.v1.GraphDef()
+    out.CopyFrom(graph_def)
+    for node in out.node:
+        if node.name in positions:
+            if node.op != FIX_OP:
+                raise KeyError(f"{node.name!r} is a {node.op}, not a FixNeuron")
+            node.attr["quantize_pos"].i = int(positions[node.name])
+    return out
+
+
+def positions(graph_def):
+    """{FixNeuron name: quantize_pos}."""
+    return {name: position(node) for name, node in fix_neurons(graph_def).items()}
+
+
+class EvalModel:
+    """Queries over an eval model; build once per pass (it indexes the graph)."""
+
+    def __init__(self, graph_def):
+        self.graph_def = graph_def
+        self.nm = utils.NodeMap(graph_def)
+        self.fixes = fix_neurons(graph_def)
+
+    # -- FixNeurons around tensors -------------------------------------------------------
+    def fix_of(self, tensor):
+        """Name of the FixNeuron that quantizes `tensor` (a consumer of it), or None.
+
+        If several FixNeurons read it (a Concat's constant quantized per consumer), the one
+        named ``<node>/aquant`` or ``<node>/wquant`` wins, else the first in name order.
+        """
+        tensor = tensor_name(tensor)
+        names = sorted(c.name for c, _ in self.nm.consumers.get(tensor, ()) if c.op == FIX_OP)
+        if not names:
+            return None
+        base = node_name(tensor)
+        for preferred in (f"{base}/aquant", f"{base}/wquant"):
+            if preferred in names:
+                return preferred
+        return names[0]
+
+    def output_fix(self, name):
+        """The FixNeuron that holds node `name`'s output 0 position, or None.
+
+        A FixNeuron is its own; otherwise the FixNeuron reading the node; otherwise, for a
+        position-preserving op (Reshape, ExpandDims, Squeeze, Identity, ...), the one of its
+        data input, walking back.
+        """
+        seen = set()
+        while name not in seen:
+            seen.add(name)
+            node = self.nm.get(name)
+            if node is None:
+                return None
+            if node.op == FIX_OP:
+                return node.name
+            fix = self.fix_of(node.name)
+            if fix is not None:
+                return fix
+            if node.op not in POSITION_PRESERVING_OPS or not self.nm.data_inputs(node):
+                return None
+            name = node_name(self.nm.data_inputs(node)[0])
+        return None
+
+    def input_fix(self, node, index=0):
+        """The FixNeuron feeding `node`'s data input `index`, walking back through
+        position-preserving ops, or None."""
+        ins = self.nm.data_inputs(node)
+        if index >= len(ins):
+            return None
+        name = node_name(ins[index])
+        seen = set()
+        while name not in seen:
+            seen.add(name)
+            producer = self.nm.get(name)
+            if producer is None:
+                return None
+            if producer.op == FIX_OP:
+                return producer.name
+            if producer.op not in POSITION_PRESERVING_OPS or not self.nm.data_inputs(producer):
+                return None
+            name = node_name(self.nm.data_inputs(producer)[0])
+        return None
+
+    def position(self, fix_name):
+        return position(self.fixes[fix_name])
+
+    def set_position(self, fix_name, pos):
+        """Sets a FixNeuron's position IN PLACE in this model's GraphDef; returns the old one."""
+        node = self.fixes[fix_name]
+        old = position(node)
+        node.attr["quantize_pos"].i = int(pos)
+        return old
+
+    def fix_input_value(self, fix_name):
+        """The Const value a (weight/bias) FixNeuron quantizes, through Identity; or None."""
+        node = self.nm.get(self.fixes[fix_name].input[0])
+        while node is not None and node.op == "Identity" and node.input:
+            node = self.nm.get(node.input[0])
+        return None if node is None or node.op != "Const" else utils.const_value(node)
+
+    # -- compute layers --------------------------------------------------------------------
+    def _single(self, name):
+        users = self.nm.node_consumers(name)
+        return users[0] if len(users) == 1 else None
+
+    def _const_like(self, tensor):
+        """True if `tensor` is a Const or a non-activation FixNeuron (through Identity)."""
+        node = self.nm.get(tensor)
+        while node is not None and node.op == "Identity" and node.input:
+            node = self.nm.get(node.input[0])
+        if node is None:
+            return False
+        return node.op == "Const" or (node.op == FIX_OP and mode(node) != Mode.ACTIVATION)
+
+    def _other_input(self, node, name):
+        ins = self.nm.data_inputs(node)
+        if len(ins) != 2:
+            return None
+        a, b = ins
+        return b if node_name(a) == name else a if node_name(b) == name else None
+
+    def _activation(self, cur):
+        """Nodes of the activation after `cur`, or []."""
+        users = self.nm.node_consumers(cur.name)
+        ops = sorted(u.op for u in users)
+        if len(users) == 1 and users[0].op in registry.ACTIVATION_OPS:
+            return [users[0]]
+        if ops == ["Maximum", "Mul"]:  # Maximum(Mul(alpha, x), x)
+            mul = next(u for u in users if u.op == "Mul")
+            maxi = next(u for u in users if u.op == "Maximum")
+            alpha = self._other_input(mul, cur.name)
+            if alpha is not None and self._const_like(alpha) and \
+                    mul.name in [node_name(i) for i in maxi.input]:
+                return [mul, maxi]
+        if ops == ["Neg", "Relu"]:  # Keras: Sub(Relu(x), Mul(alpha, Relu(Neg(x))))
+            relu = next(u for u in users if u.op == "Relu")
+            neg = next(u for u in users if u.op == "Neg")
+            relu2 = self._single(neg.name)
+            mul = relu2 is not None and self._single(relu2.name)
+            sub = self._single(relu.name)
+            if relu2 is not None and relu2.op == "Relu" and mul and mul.op == "Mul" and \
+                    sub is not None and sub.op == "Sub" and \
+                    mul.name in [node_name(i) for i in sub.input]:
+                return [relu, neg, relu2, mul, sub]
+        return []
+
+    def layer(self, conv):
+        """The QuantizedLayer of compute node `conv` (a NodeDef)."""
+        spec = registry.COMPUTE_OPS[conv.op]
+        nodes = [conv.name]
+        input_fix = self.input_fix(conv, spec.data_index)
+        weight_fix = self.input_fix(conv, spec.weight_index)
+        if weight_fix is not None and mode(self.fixes[weight_fix]) == Mode.ACTIVATION:
+            weight_fix = None  # data x data product: no weights
+        cur = conv
+        nxt = self._single(cur.name)
+        if nxt is not None and nxt.op == "BatchToSpaceND":
+            nodes.append(nxt.name)
+            cur, nxt = nxt, self._single(nxt.name)
+        if nxt is not None and nxt.op == "Mul":  # QAT batch-norm correction, frozen
+            other = self._other_input(nxt, cur.name)
+            if other is not None and self.nm.producer(other) is not None and \
+                    self.nm.producer(other).op == "Const":
+                nodes.append(nxt.name)
+                cur, nxt = nxt, self._single(nxt.name)
+        bias_fix = None
+        if nxt is not None and nxt.op in _BIAS_OPS:
+            other = self._other_input(nxt, cur.name)
+            if other is not None and self._const_like(other):
+                bias_fix = self._fix_behind(other)
+                nodes.append(nxt.name)
+                cur = nxt
+        act = self._activation(cur)
+        if act:
+            nodes += [n.name for n in act]
+            cur = act[-1]
+        output_fix = self.fix_of(cur.name)
+        kernel, in_channels = self._geometry(conv, weight_fix)
+        return QuantizedLayer(conv.name, conv.op, _KINDS[conv.op], tuple(nodes), kernel,
+                              in_channels, input_fix, weight_fix, bias_fix, output_fix)
+
+    def _fix_behind(self, tensor):
+        """The FixNeuron that is `tensor` or sits behind it through Identity, or None."""
+        node = self.nm.get(tensor)
+        while node is not None and node.op == "Identity" and node.input:
+            node = self.nm.get(node.input[0])
+        return node.name if is_fix_neuron(node) else None
+
+    def _geometry(self, conv, weight_fix):
+        weights = self.fix_input_value(weight_fix) if weight_fix else None
+        if weights is None:
+            return None, None
+        shape = weights.shape
+        if conv.op == "Conv2D" and len(shape) == 4:
+            return (int(shape[0]), int(shape[1])), int(shape[2])
+        if conv.op == "DepthwiseConv2dNative" and len(shape) == 4:
+            return (int(shape[0]), int(shape[1])), 1
+        if conv.op == "Conv2DBackpropInput" and len(shape) == 4:
+            return (int(shape[0]), int(shape[1])), int(shape[3])
+        if conv.op == "MatMul" and len(shape) == 2:
+            transpose_b = "transpose_b" in conv.attr and conv.attr["transpose_b"].b
+            return (1, 1), int(shape[1] if transpose_b else shape[0])
+        return None, None
+
+    def layers(self):
+        """QuantizedLayer records of every compute op with quantized weights, in graph order."""
+        found = []
+        for node in self.graph_def.node:
+            if node.op in registry.COMPUTE_OPS:
+                layer = self.layer(node)
+                if layer.weight_fix is not None:
+                    found.append(layer)
+        return found
+
+
+def find_layers(graph_def):
+    """QuantizedLayer records of `graph_def`'s compute layers whose weights are quantized."""
+    return EvalModel(graph_def).layers()

@@ -1,0 +1,83 @@
+"""transforms/cleanup.py: Identity removal, dropout removal, constant folding, dead nodes."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from decent_q.transforms import cleanup
+
+RNG = np.random.default_rng(0)
+
+
+def build(fn):
+    graph = tf.Graph()
+    with graph.as_default():
+        fn(tf.compat.v1.placeholder(tf.float32, [2, 4], name="input"))
+    return graph.as_graph_def()
+
+
+def run(graph_def, x, name="out"):
+    graph = tf.Graph()
+    with graph.as_default():
+        tf.graph_util.import_graph_def(graph_def, name="")
+    with tf.compat.v1.Session(graph=graph) as sess:
+        return sess.run(f"{name}:0", {"input:0": x})
+
+
+def ops(graph_def):
+    return {n.name: n.op for n in graph_def.node}
+
+
+def test_identities_removed_except_kept():
+    def net(x):
+        y = tf.identity(tf.identity(x, name="id1"), name="id2")
+        y = tf.debugging.check_numerics(y, "x", name="check")
+        return tf.identity(tf.nn.relu(y, name="relu"), name="out")
+    gd = build(net)
+    out = cleanup.remove_identities(gd, keep=["out"])
+    assert set(ops(out)) == {"input", "relu", "out"}
+    assert list(ops(out).values()).count("Identity") == 1
+    x = RNG.standard_normal([2, 4]).astype(np.float32)
+    np.testing.assert_array_equal(run(out, x), run(gd, x))
+
+
+@pytest.mark.parametrize("api", ["v1", "v2"])
+def test_dropout_removed(api):
+    def net(x):
+        if api == "v1":
+            y = tf.compat.v1.nn.dropout(x, keep_prob=0.5)
+        else:
+            y = tf.nn.dropout(x, rate=0.5)
+        return tf.nn.relu(y, name="out")
+    gd = build(net)
+    out = cleanup.clean_for_inference(gd, keep=["input", "out"])
+    assert not any(op.startswith("Random") for op in ops(out).values())
+    x = RNG.standard_normal([2, 4]).astype(np.float32)
+    np.testing.assert_array_equal(run(out, x), np.maximum(x, 0))
+
+
+def test_fold_constants_and_keep():
+    def net(x):
+        w = tf.constant(RNG.standard_normal([4, 3]).astype(np.float32), name="w")
+        scaled = tf.multiply(w, 2.0, name="scaled")  # constant subgraph
+        tf.identity(scaled, name="kept_const")
+        return tf.matmul(x, scaled, name="out")
+    gd = build(net)
+    out = cleanup.fold_constants(gd, keep=["input", "out", "kept_const"])
+    names = ops(out)
+    assert names["scaled"] == "Const" and "w" not in names
+    assert names["kept_const"] == "Const"
+    x = RNG.standard_normal([2, 4]).astype(np.float32)
+    np.testing.assert_allclose(run(out, x), run(gd, x), rtol=1e-6)
+    again = cleanup.fold_constants(out, keep=["input", "out", "kept_const"])
+    assert again.SerializeToString(deterministic=True) == \
+        out.SerializeToString(deterministic=True)
+
+
+def test_remove_dead_keeps_ancestors_only():
+    def net(x):
+        tf.nn.relu(x, name="unused")
+        return tf.nn.relu6(x, name="out")
+    gd = build(net)
+    assert set(ops(cleanup.remove_dead(gd, ["out"]))) == {"input", "out"}
+    assert set(cleanup.sinks(gd)) == {"unused", "out"}

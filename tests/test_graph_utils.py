@@ -1,0 +1,132 @@
+"""graph/utils.py: names, node maps, ranges, loading with clear errors, atomic writes."""
+
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from decent_q.errors import QuantizeError
+from decent_q.graph import utils
+
+
+def small_graph():
+    graph = tf.Graph()
+    with graph.as_default():
+        x = tf.compat.v1.placeholder(tf.float32, [None, 4], name="inputs")
+        pre = tf.multiply(x, 2.0, name="pre")
+        a = tf.nn.relu(pre, name="a")
+        b = tf.nn.relu6(a, name="b")
+        tf.identity(b, name="post")
+    return graph.as_graph_def()
+
+
+def test_names():
+    assert utils.node_name("^a/b") == "a/b"
+    assert utils.node_name("a/b:1") == "a/b"
+    assert utils.node_name("a:b") == "a:b"
+    assert utils.tensor_name("a") == "a:0"
+    assert utils.tensor_name("a:2") == "a:2"
+
+
+def test_node_map_consumers():
+    nm = utils.NodeMap(small_graph())
+    assert [n.name for n in nm.node_consumers("a")] == ["b"]
+    assert nm.consumers["a:0"][0][1] == 0
+    assert nm.producer("a:0").op == "Relu"
+
+
+def test_topological_order_respects_edges():
+    gd = small_graph()
+    order = utils.topological_order(gd)
+    pos = {n: i for i, n in enumerate(order)}
+    for node in gd.node:
+        for inp in node.input:
+            assert pos[utils.node_name(inp)] < pos[node.name]
+
+
+def test_range_nodes_between_inputs_and_outputs():
+    nm = utils.NodeMap(small_graph())
+    assert utils.range_nodes(nm, ["pre"], ["b"]) == {"pre", "a", "b"}
+
+
+def test_check_nodes_exist_suggests():
+    nm = utils.NodeMap(small_graph())
+    with pytest.raises(QuantizeError, match="input node 'input' is not in the graph; did you "
+                                            "mean 'inputs'"):
+        utils.check_nodes_exist(nm, ["input"], "input node")
+
+
+def test_load_graph_def_binary_and_text(tmp_path):
+    gd = small_graph()
+    binary = tmp_path / "g.pb"
+    binary.write_bytes(gd.SerializeToString())
+    text = tmp_path / "g.pbtxt"
+    text.write_text(str(gd))
+    assert utils.load_graph_def(str(binary)) == gd
+    assert utils.load_graph_def(str(text)) == gd
+
+
+@pytest.mark.parametrize("content, words", [
+    (b"", "is empty"),
+    (os.urandom(64), "not a TensorFlow GraphDef"),
+    (b"hello, this is a text file\n", "not a TensorFlow GraphDef"),
+])
+def test_load_graph_def_bad_files(tmp_path, content, words):
+    path = tmp_path / "bad.pb"
+    path.write_bytes(content)
+    with pytest.raises(QuantizeError, match=words):
+        utils.load_graph_def(str(path))
+
+
+def test_load_graph_def_truncated(tmp_path):
+    data = small_graph().SerializeToString()
+    path = tmp_path / "cut.pb"
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(QuantizeError):
+        utils.load_graph_def(str(path))
+
+
+def test_load_graph_def_missing_and_saved_model(tmp_path):
+    with pytest.raises(QuantizeError, match="does not exist"):
+        utils.load_graph_def(str(tmp_path / "nope.pb"))
+    (tmp_path / "sm").mkdir()
+    (tmp_path / "sm" / "saved_model.pb").write_bytes(b"x")
+    with pytest.raises(QuantizeError, match="SavedModel folder.*freeze"):
+        utils.load_graph_def(str(tmp_path / "sm"))
+
+
+def test_write_atomic_leaves_no_partial_file(tmp_path, monkeypatch):
+    target = tmp_path / "out.pb"
+    target.write_bytes(b"old")
+
+    def boom(_fd):
+        raise OSError("disk full")
+    monkeypatch.setattr(os, "fsync", boom)
+    with pytest.raises(OSError):
+        utils.write_atomic(str(target), b"new content")
+    assert target.read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.pb"]
+
+
+def test_prepare_output_dir(tmp_path):
+    assert utils.prepare_output_dir(str(tmp_path / "a" / "b")) == str(tmp_path / "a" / "b")
+    afile = tmp_path / "file"
+    afile.write_text("x")
+    with pytest.raises(QuantizeError, match="is a file"):
+        utils.prepare_output_dir(str(afile))
+
+
+def test_save_graph_def_is_deterministic(tmp_path):
+    gd = small_graph()
+    a, b = tmp_path / "a.pb", tmp_path / "b.pb"
+    utils.save_graph_def(gd, str(a))
+    utils.save_graph_def(gd, str(b))
+    assert a.read_bytes() == b.read_bytes()
+
+
+def test_const_node_roundtrip():
+    value = np.arange(6, dtype=np.float32).reshape(2, 3)
+    node = utils.const_node("c", value)
+    assert np.array_equal(utils.const_value(node), value)
+    assert node.attr["dtype"].type == tf.float32.as_datatype_enum
