@@ -96,7 +96,6 @@ def CreateQuantizeEvaluationGraph(config=None):  # pylint: disable=invalid-name
     _check_not_rewritten(graph)
     _check_nodes(graph, config)
     _check_inference_phase(graph, config)
-    _remove_dropout(graph, config)
     _rewrite(graph, config, ops.Phase.EVAL)
     stamp = datetime.datetime.now().strftime("%Y%m%d%H%M%S")
     path = os.path.join(utils.prepare_output_dir(config.output_dir),
@@ -150,6 +149,9 @@ def float_variables(graph=None):
 
 def _rewrite(graph, config, phase):
     keep = list(config.input_nodes) + list(config.output_nodes)
+    # The same clean-up in both phases, so both graphs get the same quantization points.
+    _remove_dropout(graph, config, phase)
+    _bypass_identities(graph, config)
     freeze_step = config.fold_bn_freeze_step if phase == ops.Phase.TRAIN else 0
     folded = fold_batch_norms_qat.fold_batch_norms(graph, freeze_step, keep=keep)
     plan = plan_lib.plan_quantization(graph.as_graph_def(), config,
@@ -230,11 +232,28 @@ def _check_inference_phase(graph, config):
                 "tf_keras.backend.set_learning_phase(0) before building the model")
 
 
-def _remove_dropout(graph, config):
+def _bypass_identities(graph, config):
+    """Rewires the consumers of each Identity in the range (Keras' inference dropout, tf.identity
+    aliases) to its input, so no quantization point lands on an alias (live graph, in place)."""
+    gd = graph.as_graph_def()
+    nm = utils.NodeMap(gd)
+    keep = set(config.input_nodes) | set(config.output_nodes)
+    for name in sorted(utils.range_nodes(nm, config.input_nodes, config.output_nodes) - keep):
+        op = graph.get_operation_by_name(name)
+        if op.type != "Identity" or op.control_inputs or len(op.inputs) != 1:
+            continue
+        for consumer in op.outputs[0].consumers():
+            for index, tensor in enumerate(consumer.inputs):
+                if tensor is op.outputs[0]:
+                    consumer._update_input(index, op.inputs[0])  # pylint: disable=protected-access
+
+
+def _remove_dropout(graph, config, phase):
     """Rewires consumers of each dropout in the range to the dropout's input (live graph).
 
-    The dropout is found on a copy of the GraphDef by cleanup.remove_dropout; the node it
-    keeps in place of each removed mask op is applied here.
+    QAT fine-tunes without dropout (guide 4.2.2.3), and the evaluation graph has none: removing
+    it from both graphs also gives them the same quantization points. The dropout is found on
+    a copy of the GraphDef by cleanup.remove_dropout; its rewiring is applied here.
     """
     gd = graph.as_graph_def()
     nm = utils.NodeMap(gd)
@@ -252,7 +271,8 @@ def _remove_dropout(graph, config):
             if old.name != utils.tensor_name(new):
                 op._update_input(index, graph.get_tensor_by_name(  # pylint: disable=protected-access
                     utils.tensor_name(new)))
-                log.info("dropout removed in front of %s", name)
+                (log.warning if phase == ops.Phase.TRAIN else log.info)(
+                    "dropout removed in front of %s (QAT fine-tunes without dropout)", name)
 
 
 # -- deploy ---------------------------------------------------------------------------------
