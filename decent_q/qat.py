@@ -166,8 +166,8 @@ def _rewrite(graph, config, phase):
         # output, so nothing would run the output points' counters: UPDATE_OPS (run with the
         # train op, as batch norm needs anyway) runs every counter.
         for point in plan.points:
-            graph.add_to_collection(tf.compat.v1.GraphKeys.UPDATE_OPS,
-                                    graph.get_operation_by_name(f"{point.name}/count"))
+            for counter in graph.get_operation_by_name(point.name).control_inputs:
+                graph.add_to_collection(tf.compat.v1.GraphKeys.UPDATE_OPS, counter)
     graph.add_to_collection(_QAT_COLLECTION, int(phase))
     log.info("%s graph: %d batch norm(s) folded, %d FixNeuron(s)", phase.name.lower(),
              len(folded.folded), len(plan.points))
@@ -222,7 +222,7 @@ def _check_inference_phase(graph, config):
     for name in sorted(in_range):
         node = nm[name]
         training_bn = node.op.startswith("FusedBatchNorm") and node.attr["is_training"].b
-        if training_bn or node.op in ("Switch", "Merge"):
+        if training_bn or node.op in ("Switch", "Merge", "If", "StatelessIf"):
             what = "a batch norm in training mode" if training_bn else \
                 f"a {node.op} (a tf.cond on the training flag)"
             raise QuantizeError(
