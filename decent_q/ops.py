@@ -144,7 +144,8 @@ def quantize(x, name, mode, phase, bit_width=8, method=1, arch_type="DEFAULT"):
                                      method=method, arch_type=arch_type, name="fix")
         deps = []
         if phase != Phase.EVAL:
-            deps.append(tf.compat.v1.assign_add(
-                hist, tf.one_hot(used - MIN_POS, NUM_POS, dtype=tf.int32), name="count"))
+            # tf.group names the update "count" for ref and resource variables alike.
+            deps.append(tf.group(tf.compat.v1.assign_add(
+                hist, tf.one_hot(used - MIN_POS, NUM_POS, dtype=tf.int32)), name="count"))
     with graph.as_default(), graph.name_scope(None), graph.control_dependencies(deps):
         return tf.identity(y, name=name)
