@@ -40,7 +40,7 @@ setup(
     long_description=open(os.path.join(HERE, "README.md")).read(),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["decent_q", "decent_q.*"]),
-    py_modules=["_decent_q_contrib"],
+    py_modules=["_decent_q_contrib", "_decent_q_entry"],
     python_requires=">=3.9",
     install_requires=[
         "tensorflow>=2.16,<2.22",
@@ -50,9 +50,9 @@ setup(
     ],
     extras_require={"test": ["pytest", "mlxtend", "hypothesis"], "examples": ["mlxtend"]},
     entry_points={"console_scripts": [
-        "vai_q_tensorflow=decent_q.cli:main",
-        "decent_q=decent_q.cli:main",
-        "freeze_graph=decent_q.freeze:main",
+        "vai_q_tensorflow=_decent_q_entry:vai_q_tensorflow",
+        "decent_q=_decent_q_entry:vai_q_tensorflow",
+        "freeze_graph=_decent_q_entry:freeze_graph",
     ]},
     cmdclass={"build_py": BuildPy},
 )

@@ -25,7 +25,7 @@ import re
 
 import tensorflow as tf
 
-from decent_q import ops
+from decent_q import calibrate, ops
 from decent_q import plan as plan_lib
 from decent_q.config import QuantizeConfig
 from decent_q.errors import ConfigError, QuantizeError
@@ -133,7 +133,7 @@ def CreateQuantizeDeployGraph(checkpoint=None, config=None):  # pylint: disable=
     eval_gd = finalize_lib.finalize(frozen, keep)
     eval_gd = set_input_placeholders(eval_gd, config)
     suffix = f"_{checkpoint_step(path)}_{datetime.datetime.now().strftime('%Y%m%d%H%M%S')}"
-    return _write_models(eval_gd, config, suffix)
+    return calibrate.write_models(eval_gd, config, suffix=suffix)
 
 
 def float_variables(graph=None):
@@ -379,16 +379,3 @@ def set_input_placeholders(graph_def, config):
     out.node.extend(nodes)
     keep = cleanup.sinks(graph_def) + list(config.input_nodes)
     return cleanup.remove_dead(out, keep=keep)
-
-
-def _write_models(eval_gd, config, suffix):
-    from decent_q import calibrate  # pylint: disable=import-outside-toplevel
-    if hasattr(calibrate, "write_models"):
-        return calibrate.write_models(eval_gd, config, suffix=suffix)
-    # Until the post-training branch (write_models, deploy_graph_def) is merged: the eval model
-    # only, without position passes.
-    path = os.path.join(utils.prepare_output_dir(config.output_dir),
-                        f"quantize_eval_model{suffix}.pb")
-    utils.save_graph_def(eval_gd, path)
-    log.warning("calibrate.write_models is missing: wrote %s only (no deploy model)", path)
-    return {"quantize_eval_model": path}

@@ -1,6 +1,6 @@
 """The whole QAT example in one command: float training, QAT fine-tuning, evaluation + deploy.
 
-    python examples/run_qat_example.py [--work_dir /tmp/qat_example]
+    python examples/run_qat_example.py [--work_dir qat_example]
 
 Each step runs as its own process, as a user's scripts would (train.py and eval.py share
 nothing but the checkpoint folder).
@@ -24,7 +24,7 @@ def run(script, *args):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--work_dir", default="/tmp/qat_example")
+    parser.add_argument("--work_dir", default="qat_example")
     parser.add_argument("--float_steps", default="1200")
     parser.add_argument("--qat_steps", default="400")
     args = parser.parse_args(argv)
