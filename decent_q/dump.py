@@ -87,7 +87,7 @@ def dump(input_frozen_graph, input_fn, max_dump_batches=1, dump_float=0,
                 raise QuantizeError(f"running the graph on {fn_name}({step}) failed: "
                                     f"{err.message.strip().splitlines()[0]}") from err
             folder = os.path.join(output_dir, f"dump_results_{step + 1}")
-            os.makedirs(folder, exist_ok=True)
+            utils.prepare_output_dir(folder)
             for stem, value in zip(wanted, values):
                 _, kind, fix = fetches[stem]
                 if kind == "int":

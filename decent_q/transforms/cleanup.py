@@ -160,9 +160,7 @@ def fold_constants(graph_def, keep=()):
     if not frontier:
         return graph_def
     frontier.sort()
-    graph = tf.Graph()
-    with graph.as_default():
-        tf.graph_util.import_graph_def(graph_def, name="")
+    graph = utils.import_graph(graph_def)
     tensors = [list(graph.get_operation_by_name(name).outputs) for name in frontier]
     flat = [t for ts in tensors for t in ts]
     with tf.compat.v1.Session(graph=graph) as sess:
