@@ -6,7 +6,7 @@ options from :data:`OPTIONS`), which fixes the original's API/CLI default mismat
 
 import dataclasses
 import re
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 from decent_q.errors import ConfigError
 

@@ -124,9 +124,7 @@ def replace_by_placeholders(graph_def, tensors):
         replace[tensor_name(name)] = utils.make_node(
             "Placeholder", placeholder, dtype=tensor.dtype,
             shape=tf.compat.v1.AttrValue(shape=shape.as_proto()))
-    out = tf.compat.v1.GraphDef()
-    out.versions.CopyFrom(graph_def.versions)
-    out.library.CopyFrom(graph_def.library)
+    out = utils.with_nodes(graph_def)
     for node in graph_def.node:
         if tensor_name(node.name) in replace:
             out.node.append(replace[tensor_name(node.name)])

@@ -261,6 +261,15 @@ def save_graph_def(graph_def, path):
     return path
 
 
+def with_nodes(template, nodes=()):
+    """A new GraphDef with `template`'s versions and function library and the given nodes."""
+    out = tf.compat.v1.GraphDef()
+    out.versions.CopyFrom(template.versions)
+    out.library.CopyFrom(template.library)
+    out.node.extend(nodes)
+    return out
+
+
 def make_node(op, name, inputs=(), **attrs):
     """A NodeDef with attributes given as tf.compat.v1.AttrValue or plain Python values."""
     node = tf.compat.v1.NodeDef(op=op, name=name, input=list(inputs))

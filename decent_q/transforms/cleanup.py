@@ -18,14 +18,6 @@ _NOT_FOLDABLE = frozenset({"Const", "Placeholder", "PlaceholderWithDefault", "Va
                            "FixNeuronDynamic", "Assign", "AssignAdd", "NoOp"})
 
 
-def _copy_with(graph_def, nodes):
-    out = tf.compat.v1.GraphDef()
-    out.versions.CopyFrom(graph_def.versions)
-    out.library.CopyFrom(graph_def.library)
-    out.node.extend(nodes)
-    return out
-
-
 def _bypass(graph_def, replace):
     """Drops nodes in `replace` and rewires their consumers. replace: name -> the tensor that
     stands for its output 0, or a list of tensors, one per output (IdentityN)."""
@@ -51,7 +43,7 @@ def _bypass(graph_def, replace):
             if resolved not in new.input:
                 new.input.append(resolved)
         nodes.append(new)
-    return _copy_with(graph_def, nodes)
+    return utils.with_nodes(graph_def, nodes)
 
 
 def remove_identities(graph_def, keep=()):
@@ -130,7 +122,7 @@ def remove_dead(graph_def, keep):
             continue
         alive.add(name)
         stack.extend(node_name(i) for i in nm[name].input if node_name(i) in nm)
-    return _copy_with(graph_def, [n for n in graph_def.node if n.name in alive])
+    return utils.with_nodes(graph_def, [n for n in graph_def.node if n.name in alive])
 
 
 def fold_constants(graph_def, keep=()):
@@ -185,7 +177,7 @@ def fold_constants(graph_def, keep=()):
                 if tensor_name(inp) in extra_outputs and not is_control(inp):
                     new.input[i] = extra_outputs[tensor_name(inp)]
             nodes.append(new)
-    return remove_dead(_copy_with(graph_def, nodes), keep=list(keep) + sinks(graph_def))
+    return remove_dead(utils.with_nodes(graph_def, nodes), keep=list(keep) + sinks(graph_def))
 
 
 def clean_for_inference(graph_def, keep):
