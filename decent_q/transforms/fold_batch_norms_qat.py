@@ -29,6 +29,9 @@ mu_B, var_B the batch moments of the float conv output and sigma = sqrt(var + ep
 
 so ``F/BiasAdd = gamma * (conv(x, W) + b - mean_B(conv + b)) / sigma_B + beta`` -- exactly the
 training-mode batch norm -- while the weights that are quantized are the inference weights.
+mu_B and var_B are the training batch norm's own batch outputs and, as in tf.contrib.quantize,
+the gradient treats them as constants, so the float conv has no backward pass (it halves the
+step-time cost of the fold; see benchmarks/README.md).
 After ``freeze_step`` (global step >= freeze_step) the correction is 1 and the bias is the
 inference bias: the network trains as it will be deployed. freeze_step 0 uses the moving
 statistics from the start (the original vai_q_tensorflow behaviour); -1 never freezes.
@@ -204,6 +207,34 @@ def _global_step(graph):
     return step
 
 
+def _batch_moments(bn, float_out, bias):
+    """Batch mean and (biased) variance of `float_out`, treated as constants by the gradient.
+
+    As in tf.contrib.quantize, they are the training batch norm's own batch statistics (it runs
+    anyway, for the moving averages), and no gradient flows through them: the float conv then
+    needs no backward pass, which is most of what the batch-statistics fold costs per step.
+    FusedBatchNorm returns the Bessel-corrected variance (n / (n - 1)); the fold needs the
+    biased one it normalizes with. With ``exponential_avg_factor`` != 1 its outputs are the
+    updated running statistics instead, and the moments are computed here.
+    """
+    try:
+        factor = bn.get_attr("exponential_avg_factor")
+    except ValueError:
+        factor = 1.0
+    if factor != 1.0:
+        axes = list(range(float_out.shape.rank - 1))
+        mean, var = tf.nn.moments(float_out, axes, name="batch_moments")
+        return tf.stop_gradient(mean), tf.stop_gradient(var)
+    mean, var = bn.outputs[1], bn.outputs[2]
+    if bias is not None:  # the batch norm saw conv + b; the fold needs the moments of conv
+        mean = mean - bias
+    count = tf.cast(tf.size(float_out, out_type=tf.int64) // tf.cast(
+        tf.shape(float_out)[-1], tf.int64), var.dtype)
+    var = var * ((count - 1.0) / tf.maximum(count, 1.0))
+    return (tf.stop_gradient(mean, name="batch_mean"),
+            tf.stop_gradient(var, name="batch_variance"))
+
+
 def _fold(graph, m, freeze_step):
     """Builds the folded layer of match `m`; returns (parameters, created ops' names)."""
     bn = m.bn
@@ -232,8 +263,7 @@ def _fold(graph, m, freeze_step):
         moving_bias = beta + (b - moving_mean) * scale
         parameters = []
         if batch_stats:
-            axes = list(range(float_out.shape.rank - 1))
-            mean, var = tf.nn.moments(float_out, axes, name="batch_moments")
+            mean, var = _batch_moments(bn, float_out, m.bias)
             inv_sigma = tf.math.rsqrt(var + eps)
             correction = tf.sqrt(moving_var + eps) * inv_sigma
             batch_bias = beta - gamma * mean * inv_sigma

@@ -1,0 +1,339 @@
+"""Speed benchmark: QAT step time against float (and TFMOT), post-training quantize of ResNet50.
+
+    python benchmarks/speed.py qat   [--rounds 8]     # decent_q and TFMOT step-time ratios
+    python benchmarks/speed.py ptq   [--repeats 2]    # frozen ResNet50: float / decent_q / TFLite
+
+qat: the ``resnet`` model of benchmarks/accuracy.py (7 conv + BN, batch 64, 28x28x1 MNIST
+digits), Adam. One process (TF1 graph mode) holds four sessions: float training graph;
+decent_q QAT training graph with fold_bn_freeze_step -1 (batch statistics + correction, never
+frozen), 0 (moving statistics from the start: what every step after the freeze step runs) and,
+for reference, QAT with the batch norms left in inference mode before the rewrite (no training
+fold at all). Steps are timed in rounds that visit every session in turn (``--steps`` steps per
+session per round); each figure is the median over rounds. A FULL_TRACE of a few steps splits
+the QAT step into op groups. TFMOT runs in its own process (eager, TF_USE_LEGACY_KERAS=1) and
+times ``train_on_batch`` of the float model and of ``quantize_model`` of it the same way.
+
+ptq: a frozen tf_keras ResNet50 (weights=None, seed 0, 224x224x3, output predictions/Softmax)
+and 10 batches of 8 random images, written once; then, each in its own process and repeated
+``--repeats`` times in turn: (float) import the frozen graph and run the 10 batches;
+(decent_q) ``quantize_frozen`` with calib_iter 10 (float check, folding, calibration, eval and
+deploy model written); (tflite) TFLiteConverter int8 full-integer conversion of the same Keras
+model and weights with the same 80 images as representative data. Wall time of each and the
+peak RSS (getrusage ru_maxrss) of its process.
+"""
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.join(ROOT, "examples"))
+sys.path.insert(0, ROOT)
+
+import accuracy  # noqa: E402  pylint: disable=wrong-import-position
+import data  # noqa: E402  pylint: disable=wrong-import-position
+
+BATCH = 64
+
+
+def _peak_rss_mb():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+# -- QAT step time --------------------------------------------------------------------------
+
+def _qat_session(tf, tf_keras, decent_q, variant, work):
+    graph = tf.Graph()
+    with graph.as_default():
+        tf_keras.backend.set_learning_phase(0 if variant == "qat_bn_inference" else 1)
+        tf.compat.v1.set_random_seed(0)
+        model = accuracy.build(tf_keras, "resnet")
+        labels = tf.compat.v1.placeholder(tf.int64, [None], name="labels")
+        loss = tf.compat.v1.losses.sparse_softmax_cross_entropy(labels, model.output)
+        if variant != "float":
+            freeze = {"qat_freeze_-1": -1, "qat_freeze_0": 0}.get(variant, -1)
+            decent_q.CreateQuantizeTrainingGraph(config=decent_q.QuantizeConfig(
+                input_nodes=[accuracy.INPUT_NODE], output_nodes=[accuracy.OUTPUT_NODE],
+                input_shapes=[[-1, 28, 28, 1]], output_dir=os.path.join(work, variant),
+                fold_bn_freeze_step=freeze))
+        step = tf.compat.v1.train.get_or_create_global_step()
+        updates = model.updates + tf.compat.v1.get_collection(tf.compat.v1.GraphKeys.UPDATE_OPS)
+        with tf.control_dependencies(updates):
+            train_op = tf.compat.v1.train.AdamOptimizer(1e-4).minimize(loss, step)
+        init = tf.compat.v1.global_variables_initializer()
+    sess = tf.compat.v1.Session(graph=graph)
+    sess.run(init)
+    return sess, train_op, model.input, labels
+
+
+def _trace_groups(tf, sess, train_op, feed, steps=3):
+    """Op time of a few traced steps, summed by group (ms per step)."""
+    groups = {}
+    for _ in range(steps):
+        meta = tf.compat.v1.RunMetadata()
+        sess.run(train_op, feed, options=tf.compat.v1.RunOptions(
+            trace_level=tf.compat.v1.RunOptions.FULL_TRACE), run_metadata=meta)
+        for dev in meta.step_stats.dev_stats:
+            if "/device:CPU" not in dev.device or "stream" in dev.device:
+                continue
+            for node in dev.node_stats:
+                name = node.node_name
+                ms = (node.all_end_rel_micros) / 1000.0
+                backward = name.startswith("gradients")
+                if "wquant" in name or "aquant" in name or "FixNeuron" in name or \
+                        "pos_hist" in name:
+                    group = "FixNeuron + histograms"
+                elif "BatchNorm_Fold" in name:
+                    group = "folded conv + fold arithmetic"
+                elif "Conv2D" in name or "conv" in name.lower().split("/")[-1]:
+                    group = "float conv (batch statistics branch)"
+                elif "_bn" in name:
+                    group = "batch norm (statistics, moving averages)"
+                elif "Adam" in name:
+                    group = "optimizer"
+                else:
+                    group = "other"
+                key = ("backward: " if backward else "forward: ") + group
+                if group == "optimizer":
+                    key = group
+                groups[key] = groups.get(key, 0.0) + ms / steps
+    return dict(sorted(groups.items(), key=lambda kv: -kv[1]))
+
+
+def run_qat(args):
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    tf.compat.v1.disable_v2_behavior()
+    import tf_keras  # pylint: disable=import-outside-toplevel
+    import decent_q  # pylint: disable=import-outside-toplevel
+    work = tempfile.mkdtemp(prefix="dq_speed_qat_")
+    train_x, train_y, _, _ = data.load()
+    variants = ("float", "qat_freeze_-1", "qat_freeze_0", "qat_bn_inference")
+    sessions = {v: _qat_session(tf, tf_keras, decent_q, v, work) for v in variants}
+    times = {v: [] for v in variants}
+    batches = [data.batches(train_x, train_y, BATCH, i) for i in range(args.steps)]
+    for v, (sess, op, x_in, y_in) in sessions.items():  # warm-up
+        for x, y in batches[:3]:
+            sess.run(op, {x_in: x, y_in: y})
+    for _ in range(args.rounds):
+        for v, (sess, op, x_in, y_in) in sessions.items():
+            start = time.perf_counter()
+            for x, y in batches:
+                sess.run(op, {x_in: x, y_in: y})
+            times[v].append((time.perf_counter() - start) / len(batches))
+    result = {v: statistics.median(t) * 1000 for v, t in times.items()}
+    for v in variants[1:]:
+        result[f"median_round_ratio_{v}"] = statistics.median(
+            q / f for q, f in zip(times[v], times["float"]))
+    trace = {}
+    for v in ("float", "qat_freeze_-1", "qat_freeze_0"):
+        sess, op, x_in, y_in = sessions[v]
+        x, y = batches[0]
+        trace[v] = _trace_groups(tf, sess, op, {x_in: x, y_in: y})
+    result["trace_ms"] = trace
+    return result
+
+
+def run_tfmot(args):
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    import tf_keras  # pylint: disable=import-outside-toplevel
+    import tensorflow_model_optimization as tfmot  # pylint: disable=import-outside-toplevel
+    train_x, train_y, _, _ = data.load()
+    tf.random.set_seed(0)
+    models = {}
+    float_model = accuracy.build(tf_keras, "resnet")
+    qmodel = tfmot.quantization.keras.quantize_model(accuracy.build(tf_keras, "resnet"))
+    for name, model in (("float", float_model), ("tfmot_qat", qmodel)):
+        model.compile(tf_keras.optimizers.Adam(1e-4),
+                      tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        models[name] = model
+    batches = [data.batches(train_x, train_y, BATCH, i) for i in range(args.steps)]
+    for model in models.values():
+        for x, y in batches[:3]:
+            model.train_on_batch(x, y)
+    times = {n: [] for n in models}
+    for _ in range(args.rounds):
+        for name, model in models.items():
+            start = time.perf_counter()
+            for x, y in batches:
+                model.train_on_batch(x, y)
+            times[name].append((time.perf_counter() - start) / len(batches))
+    result = {n: statistics.median(t) * 1000 for n, t in times.items()}
+    result["median_round_ratio"] = statistics.median(
+        q / f for q, f in zip(times["tfmot_qat"], times["float"]))
+    return result
+
+
+# -- ResNet50 post-training quantize -------------------------------------------------------
+
+def ptq_prepare(work):
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    tf.compat.v1.disable_v2_behavior()
+    import tf_keras  # pylint: disable=import-outside-toplevel
+    tf_keras.backend.set_learning_phase(0)
+    tf.compat.v1.set_random_seed(0)
+    model = tf_keras.applications.ResNet50(weights=None, input_shape=(224, 224, 3))
+    sess = tf_keras.src.backend.get_session()
+    out = model.output.op.name
+    frozen = tf.compat.v1.graph_util.convert_variables_to_constants(
+        sess, sess.graph.as_graph_def(), [out])
+    with open(os.path.join(work, "resnet50.pb"), "wb") as f:
+        f.write(frozen.SerializeToString())
+    model.save_weights(os.path.join(work, "resnet50.h5"))
+    rng = np.random.default_rng(0)
+    np.save(os.path.join(work, "calib.npy"),
+            rng.uniform(-2.0, 2.0, (80, 224, 224, 3)).astype(np.float32))
+    info = {"input": model.input.op.name, "output": out, "nodes": len(frozen.node),
+            "bytes": frozen.ByteSize()}
+    with open(os.path.join(work, "info.json"), "w", encoding="utf-8") as f:
+        json.dump(info, f)
+
+
+def ptq_float(work, info):
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    tf.compat.v1.disable_v2_behavior()
+    calib = np.load(os.path.join(work, "calib.npy"))
+    rss0 = _peak_rss_mb()
+    start = time.perf_counter()
+    gd = tf.compat.v1.GraphDef()
+    with open(os.path.join(work, "resnet50.pb"), "rb") as f:
+        gd.ParseFromString(f.read())
+    graph = tf.Graph()
+    with graph.as_default():
+        tf.graph_util.import_graph_def(gd, name="")
+    with tf.compat.v1.Session(graph=graph) as sess:
+        out = graph.get_tensor_by_name(info["output"] + ":0")
+        inp = graph.get_tensor_by_name(info["input"] + ":0")
+        first = time.perf_counter()
+        for i in range(10):
+            sess.run(out, {inp: calib[i * 8:(i + 1) * 8]})
+        end = time.perf_counter()
+    return {"wall_s": end - start, "batches_s": end - first, "rss_before_mb": rss0,
+            "peak_rss_mb": _peak_rss_mb()}
+
+
+def ptq_decent_q(work, info):
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    tf.compat.v1.disable_v2_behavior()
+    import decent_q  # pylint: disable=import-outside-toplevel
+    calib = np.load(os.path.join(work, "calib.npy"))
+    rss0 = _peak_rss_mb()
+    config = decent_q.QuantizeConfig(input_nodes=[info["input"]], output_nodes=[info["output"]],
+                                     input_shapes=[[-1, 224, 224, 3]], calib_iter=10,
+                                     output_dir=tempfile.mkdtemp(prefix="dq_r50_"))
+    start = time.perf_counter()
+    decent_q.quantize_frozen(os.path.join(work, "resnet50.pb"),
+                             lambda i: {info["input"]: calib[i * 8:(i + 1) * 8]}, config,
+                             progress=False)
+    return {"wall_s": time.perf_counter() - start, "rss_before_mb": rss0,
+            "peak_rss_mb": _peak_rss_mb()}
+
+
+def ptq_tflite(work, info):
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    import tf_keras  # pylint: disable=import-outside-toplevel
+    del info
+    calib = np.load(os.path.join(work, "calib.npy"))
+    rss0 = _peak_rss_mb()
+    start = time.perf_counter()
+    model = tf_keras.applications.ResNet50(weights=None, input_shape=(224, 224, 3))
+    model.load_weights(os.path.join(work, "resnet50.h5"))
+    built = time.perf_counter()
+
+    def representative():
+        for image in calib:
+            yield [image[None]]
+
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = representative
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    converter.inference_input_type = tf.int8
+    converter.inference_output_type = tf.int8
+    flat = converter.convert()
+    end = time.perf_counter()
+    return {"wall_s": end - built, "build_model_s": built - start, "tflite_bytes": len(flat),
+            "rss_before_mb": rss0, "peak_rss_mb": _peak_rss_mb()}
+
+
+PTQ_WORKERS = {"float": ptq_float, "decent_q": ptq_decent_q, "tflite": ptq_tflite}
+
+
+def _spawn(argv, legacy_keras=False):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2",
+               PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    if legacy_keras:
+        env["TF_USE_LEGACY_KERAS"] = "1"
+    proc = subprocess.run([sys.executable, os.path.abspath(__file__), *argv], env=env,
+                          capture_output=True, text=True, check=False)
+    if proc.returncode:
+        print(proc.stderr[-4000:], file=sys.stderr)
+        raise SystemExit(f"{argv} failed")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("what", choices=("qat", "ptq"))
+    parser.add_argument("--rounds", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--work_dir", default=None)
+    parser.add_argument("--worker", default=None)
+    args = parser.parse_args(argv)
+    if args.worker:
+        if args.worker == "decent_q_qat":
+            result = run_qat(args)
+        elif args.worker == "tfmot_qat":
+            result = run_tfmot(args)
+        elif args.worker == "prepare":
+            ptq_prepare(args.work_dir)
+            result = {}
+        else:
+            with open(os.path.join(args.work_dir, "info.json"), encoding="utf-8") as f:
+                info = json.load(f)
+            result = PTQ_WORKERS[args.worker](args.work_dir, info)
+        print(json.dumps(result))
+        return 0
+    common = ["--rounds", str(args.rounds), "--steps", str(args.steps)]
+    if args.what == "qat":
+        dq = _spawn(["qat", "--worker", "decent_q_qat", *common])
+        tm = _spawn(["qat", "--worker", "tfmot_qat", *common], legacy_keras=True)
+        print(json.dumps({"decent_q": dq, "tfmot": tm}, indent=1))
+        for v in ("qat_freeze_-1", "qat_freeze_0", "qat_bn_inference"):
+            print(f"decent_q {v}: {dq[v]:.1f} ms / float {dq['float']:.1f} ms = "
+                  f"{dq[v] / dq['float']:.2f}x (median of per-round ratios "
+                  f"{dq['median_round_ratio_' + v]:.2f}x)")
+        print(f"TFMOT quantize_model: {tm['tfmot_qat']:.1f} ms / float {tm['float']:.1f} ms = "
+              f"{tm['tfmot_qat'] / tm['float']:.2f}x (median of per-round ratios "
+              f"{tm['median_round_ratio']:.2f}x)")
+        return 0
+    work = args.work_dir or tempfile.mkdtemp(prefix="dq_speed_ptq_")
+    os.makedirs(work, exist_ok=True)
+    if not os.path.exists(os.path.join(work, "info.json")):
+        _spawn(["ptq", "--worker", "prepare", "--work_dir", work])
+    runs = []
+    for _ in range(args.repeats):
+        run = {}
+        for name in ("float", "decent_q", "tflite"):
+            run[name] = _spawn(["ptq", "--worker", name, "--work_dir", work],
+                               legacy_keras=name == "tflite")
+        runs.append(run)
+        print(json.dumps(run), flush=True)
+        print(f"decent_q / float = {run['decent_q']['wall_s'] / run['float']['wall_s']:.2f}x, "
+              f"decent_q / tflite = {run['decent_q']['wall_s'] / run['tflite']['wall_s']:.2f}x",
+              flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
