@@ -1,4 +1,5 @@
-"""Inference clean-up of a frozen GraphDef: Identity/CheckNumerics, dropout, constant folding.
+"""Inference clean-up of a frozen GraphDef: function calls, Identity/CheckNumerics, dropout,
+constant folding.
 
 Each function is pure: GraphDef in, new GraphDef out. Nodes named in ``keep`` (the user's
 input and output nodes) are never removed or renamed.
@@ -9,13 +10,18 @@ import tensorflow as tf
 
 from decent_q.graph import utils
 from decent_q.graph.utils import is_control, node_name, tensor_name
+from decent_q.transforms import inline_functions
 
 _PASS_OPS = frozenset({"Identity", "IdentityN", "CheckNumerics", "StopGradient", "Snapshot"})
 # Ops never folded although their inputs are constant.
 _NOT_FOLDABLE = frozenset({"Const", "Placeholder", "PlaceholderWithDefault", "VariableV2",
                            "VarHandleOp", "RandomUniform", "RandomStandardNormal",
                            "TruncatedNormal", "RandomUniformInt", "FixNeuron",
-                           "FixNeuronDynamic", "Assign", "AssignAdd", "NoOp"})
+                           "FixNeuronDynamic", "Assign", "AssignAdd", "NoOp",
+                           # control flow: evaluating one outside its frame is wrong
+                           "Enter", "RefEnter", "Exit", "RefExit", "Switch", "RefSwitch",
+                           "Merge", "RefMerge", "NextIteration", "RefNextIteration",
+                           "LoopCond", "ControlTrigger"})
 
 
 def _copy_with(graph_def, nodes):
@@ -48,7 +54,8 @@ def _bypass(graph_def, replace):
         del new.input[:]
         for inp in node.input:
             resolved = resolve(inp)
-            if resolved not in new.input:
+            # A data input may repeat (Switch(pred, pred) of tf.cond); a control input not.
+            if not is_control(resolved) or resolved not in new.input:
                 new.input.append(resolved)
         nodes.append(new)
     return _copy_with(graph_def, nodes)
@@ -192,6 +199,7 @@ def fold_constants(graph_def, keep=()):
 
 def clean_for_inference(graph_def, keep):
     """The inference clean-up pass list, in order."""
+    graph_def = inline_functions.inline_functions(graph_def, keep)
     graph_def = remove_identities(graph_def, keep)
     graph_def = remove_dropout(graph_def, keep)
     graph_def = fold_constants(graph_def, keep)
