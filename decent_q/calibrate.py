@@ -29,16 +29,7 @@ from decent_q.graph.utils import node_name, tensor_name
 log = logging.getLogger("decent_q")
 
 
-def import_graph(graph_def):
-    """A new tf.Graph holding `graph_def` with its own names (no prefix)."""
-    graph = tf.Graph()
-    with graph.as_default():
-        try:
-            tf.graph_util.import_graph_def(graph_def, name="")
-        except (ValueError, tf.errors.OpError) as err:
-            raise QuantizeError(f"the graph cannot be loaded into TensorFlow: "
-                                f"{str(err).splitlines()[0]}") from err
-    return graph
+import_graph = utils.import_graph  # pylint: disable=invalid-name
 
 
 def feed_dict(graph, batch, step, input_fn_name="input_fn"):
@@ -101,7 +92,11 @@ def calibrate_positions(graph_def, plan, batches, config, progress=None):
         sess.run(init)
         for step in range(config.calib_iter):
             batch = batches(step)
-            sess.run(counts, feed_dict(graph, batch, step))
+            try:
+                sess.run(counts, feed_dict(graph, batch, step))
+            except tf.errors.OpError as err:
+                raise QuantizeError(f"calibration failed on batch {step}: "
+                                    f"{op_error_text(err)}") from err
             if progress is not None:
                 progress(step)
         values = sess.run(hists)
@@ -152,6 +147,7 @@ def quantize_frozen(input_frozen_graph, input_fn, config, progress=True):
     graph_def = (utils.load_graph_def(input_frozen_graph)
                  if isinstance(input_frozen_graph, (str, os.PathLike)) else input_frozen_graph)
     check_config_nodes(graph_def, config)
+    check_frozen(graph_def, config)
     graph_def = set_input_shapes(graph_def, config)
 
     first = call_input_fn(fn, 0, fn_name)
@@ -283,7 +279,7 @@ def check_float_model(graph_def, config, batch, fn_name):
             values = sess.run(fetches, feed)
         except tf.errors.OpError as err:
             raise QuantizeError(
-                f"the float graph fails on {fn_name}(0): {_first_line(err.message)}; check "
+                f"the float graph fails on {fn_name}(0): {op_error_text(err)}; check "
                 "the input_fn data and that the graph is an inference graph (skip_check=1 "
                 "skips this check)") from err
     for name, value in zip(config.output_nodes, values):
@@ -296,6 +292,46 @@ def check_float_model(graph_def, config, batch, fn_name):
 
 def _first_line(text):
     return str(text).strip().splitlines()[0] if str(text).strip() else ""
+
+
+def op_error_text(err):
+    """The line of a tf.errors.OpError that says what went wrong, with the node it names
+    ('Graph execution error:' and the creation stack trace dropped)."""
+    lines = [l.strip() for l in str(err.message).splitlines() if l.strip()]
+    node = next((l[len("Node: "):] for l in lines if l.startswith("Node: ")), None)
+    if node is not None:
+        after = lines[lines.index(f"Node: {node}") + 1:]
+        reason = next((l for l in after if not l.startswith("[[")), "")
+        return f"{reason} (node {node.strip(chr(39))})" if reason else lines[-1]
+    useful = [l for l in lines if l != "Graph execution error:" and not l.startswith("[[")]
+    return useful[0] if useful else _first_line(err.message)
+
+
+def check_frozen(graph_def, config):
+    """Raises QuantizeError if the output nodes depend on variables (the graph is not
+    frozen); variables nothing uses, like a left-over global_step, are allowed."""
+    node_map = utils.NodeMap(graph_def)
+    seen, stack, variables = set(), list(config.output_nodes), []
+    while stack:
+        name = node_name(stack.pop())
+        if name in seen or name not in node_map:
+            continue
+        seen.add(name)
+        node = node_map[name]
+        if node.op in _VARIABLE_OPS:
+            variables.append(name)
+        stack.extend(node.input)
+    if variables:
+        shown = ", ".join(sorted(variables)[:3]) + (
+            f" and {len(variables) - 3} more" if len(variables) > 3 else "")
+        raise QuantizeError(
+            f"the graph is not frozen: the output nodes read {len(variables)} variable(s) "
+            f"({shown}); freeze it first, e.g. 'freeze_graph --input_graph graph.pb "
+            "--input_checkpoint model.ckpt --input_binary true --output_graph frozen.pb "
+            f"--output_node_names {','.join(config.output_nodes)}'")
+
+
+_VARIABLE_OPS = frozenset({"VariableV2", "Variable", "VarHandleOp"})
 
 
 # -- input_fn --------------------------------------------------------------------------------
@@ -332,7 +368,7 @@ def load_input_fn(spec):
                 "PYTHONPATH") from None
         raise QuantizeError(f"importing input_fn module {module_name!r} failed"
                             f"{_user_frame(err)}: {type(err).__name__}: {err}") from err
-    except Exception as err:  # pylint: disable=broad-except
+    except (Exception, SystemExit) as err:  # pylint: disable=broad-except
         raise QuantizeError(f"importing input_fn module {module_name!r} failed"
                             f"{_user_frame(err)}: {type(err).__name__}: {err}") from err
     fn = getattr(module, func_name, None)
@@ -351,7 +387,7 @@ def call_input_fn(fn, step, fn_name):
     frame."""
     try:
         return fn(step)
-    except Exception as err:  # pylint: disable=broad-except
+    except (Exception, SystemExit) as err:  # pylint: disable=broad-except
         raise QuantizeError(f"input_fn {fn_name}({step}) raised{_user_frame(err)}: "
                             f"{type(err).__name__}: {_first_line(err) or repr(err)}") from err
 

@@ -7,7 +7,8 @@
         --input_fn my_input_fn.dump_input --max_dump_batches 1 --dump_float 0
 
 Quantization options come from :data:`decent_q.config.OPTIONS`, so the CLI and the Python API
-share their defaults. Exit status: 0 success, 2 usage error, 1 failure.
+share their defaults. Exit status: 0 success, 2 usage error, 1 failure, 130 interrupted
+(Ctrl-C; like a shell's 128 + SIGINT). Errors are one line; --debug adds the traceback.
 """
 
 import argparse
@@ -141,8 +142,8 @@ def main(argv=None):
         args = parser.parse_args(argv)
     except SystemExit as stop:  # --help, --version, usage errors
         return stop.code if isinstance(stop.code, int) else 2
-    _setup_logging(args.quiet, args.debug)
     try:
+        _setup_logging(args.quiet, args.debug)
         config = _config(args)
         if args.command != "inspect" and not args.input_fn:
             raise ConfigError(f"{args.command} needs --input_fn module_name.function_name, "
@@ -155,7 +156,9 @@ def main(argv=None):
         _error(err, args.debug)
         return 1
     except KeyboardInterrupt:
-        print("[decent_q] ERROR: interrupted", file=sys.stderr)
+        # Files are written atomically at the end: an interrupted run leaves each output file
+        # as it was (or complete and new), never partial.
+        print("[decent_q] ERROR: interrupted (Ctrl-C)", file=sys.stderr)
         return 130
     except Exception as err:  # pylint: disable=broad-except
         _error(f"internal error: {type(err).__name__}: {err}"

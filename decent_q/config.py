@@ -6,7 +6,7 @@ options from :data:`OPTIONS`), which fixes the original's API/CLI default mismat
 
 import dataclasses
 import re
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 from decent_q.errors import ConfigError
 
@@ -100,6 +100,9 @@ class QuantizeConfig:
         if not isinstance(self.max_dump_batches, int) or self.max_dump_batches <= 0:
             raise ConfigError(f"max_dump_batches={self.max_dump_batches!r} must be a positive "
                               "integer")
+        if not re.fullmatch(r"(\d+(,\d+)*)?", self.gpu.replace(" ", "")):
+            raise ConfigError(f"gpu={self.gpu!r} must be GPU ids separated by commas, e.g. "
+                              "'0' or '0,1'")
         if not 0.0 < float(self.gpu_memory_fraction) <= 1.0:
             raise ConfigError(f"gpu_memory_fraction={self.gpu_memory_fraction!r} must be in "
                               "(0, 1]")

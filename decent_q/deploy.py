@@ -144,9 +144,7 @@ class _Deployer:
 
     # -- building ------------------------------------------------------------------------
     def run(self):
-        out = tf.compat.v1.GraphDef()
-        out.versions.CopyFrom(self.gd.versions)
-        out.library.CopyFrom(self.gd.library)
+        out = utils.with_nodes(self.gd)
         ignored = set(self.config.ignore_nodes)
         for node in self.gd.node:
             if node.name in self.layer_of:

@@ -87,7 +87,7 @@ def dump(input_frozen_graph, input_fn, max_dump_batches=1, dump_float=0,
                 raise QuantizeError(f"running the graph on {fn_name}({step}) failed: "
                                     f"{err.message.strip().splitlines()[0]}") from err
             folder = os.path.join(output_dir, f"dump_results_{step + 1}")
-            os.makedirs(folder, exist_ok=True)
+            utils.prepare_output_dir(folder)
             for stem, value in zip(wanted, values):
                 _, kind, fix = fetches[stem]
                 if kind == "int":
@@ -124,9 +124,7 @@ def replace_by_placeholders(graph_def, tensors):
         replace[tensor_name(name)] = utils.make_node(
             "Placeholder", placeholder, dtype=tensor.dtype,
             shape=tf.compat.v1.AttrValue(shape=shape.as_proto()))
-    out = tf.compat.v1.GraphDef()
-    out.versions.CopyFrom(graph_def.versions)
-    out.library.CopyFrom(graph_def.library)
+    out = utils.with_nodes(graph_def)
     for node in graph_def.node:
         if tensor_name(node.name) in replace:
             out.node.append(replace[tensor_name(node.name)])

@@ -394,9 +394,7 @@ def apply_to_graph_def(graph_def, plan, positions, arch_type="DEFAULT"):
             rewire.setdefault(point.tensor, []).append((target, point.name))
     for targets in rewire.values():
         targets.sort(key=lambda t: t[0] is None)  # consumer-specific points win
-    out = type(graph_def)()
-    out.versions.CopyFrom(graph_def.versions)
-    out.library.CopyFrom(graph_def.library)
+    out = utils.with_nodes(graph_def)
     point_names = {p.name for p in plan.points}
     for node in graph_def.node:
         new = out.node.add()

@@ -387,9 +387,6 @@ def set_input_placeholders(graph_def, config):
             nodes.append(new)
         else:
             nodes.append(node)
-    out = tf.compat.v1.GraphDef()
-    out.versions.CopyFrom(graph_def.versions)
-    out.library.CopyFrom(graph_def.library)
-    out.node.extend(nodes)
+    out = utils.with_nodes(graph_def, nodes)
     keep = cleanup.sinks(graph_def) + list(config.input_nodes)
     return cleanup.remove_dead(out, keep=keep)

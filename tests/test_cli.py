@@ -1,6 +1,5 @@
 """cli.py: options, exit codes, messages; the guide's command lines end to end."""
 
-import dataclasses
 import os
 import re
 import shutil

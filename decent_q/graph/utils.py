@@ -4,6 +4,7 @@ import collections
 import difflib
 import heapq
 import os
+import re
 import tempfile
 
 import tensorflow as tf
@@ -133,6 +134,29 @@ def range_nodes(node_map, input_nodes, output_nodes):
     return forward
 
 
+def import_graph(graph_def):
+    """A new tf.Graph holding `graph_def` with its own names (no prefix).
+
+    Raises:
+      QuantizeError: TensorFlow cannot load the graph (an op type it does not know, a bad
+        attribute or edge); the message names the problem.
+    """
+    graph = tf.Graph()
+    with graph.as_default():
+        try:
+            tf.graph_util.import_graph_def(graph_def, name="")
+        except (ValueError, tf.errors.OpError) as err:
+            unknown = re.search(r"Op type not registered '([^']+)'", str(err))
+            if unknown:
+                raise QuantizeError(
+                    f"the graph uses op type {unknown.group(1)!r}, which this TensorFlow does "
+                    "not know; load the library that registers it (tf.load_op_library, e.g. "
+                    "in the input_fn module) or export the graph without it") from err
+            first = str(err).strip().splitlines()[0] if str(err).strip() else repr(err)
+            raise QuantizeError(f"the graph cannot be loaded into TensorFlow: {first}") from err
+    return graph
+
+
 def load_graph_def(path):
     """Reads a frozen GraphDef (binary or text) and explains every way that can go wrong."""
     if os.path.isdir(path):
@@ -166,11 +190,17 @@ def load_graph_def(path):
     return graph_def
 
 
+TEMP_PREFIX = ".tmp-"  # write_atomic's temporary files: .tmp-<pid>-<random>
+
+
 def write_atomic(path, data):
     """Writes bytes to path through a temporary file and a rename: readers see the old file or
-    the complete new one, never a partial file."""
+    the complete new one, never a partial file.
+
+    A process killed while writing (SIGKILL) leaves a hidden ``.tmp-<pid>-*`` file, never a
+    partial `path`; :func:`remove_stale_temp_files` (run by prepare_output_dir) deletes it."""
     folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
+    fd, tmp = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{os.getpid()}-", dir=folder)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -183,8 +213,35 @@ def write_atomic(path, data):
         raise
 
 
+def remove_stale_temp_files(folder):
+    """Deletes the temporary files of write_atomic calls whose process is gone (killed)."""
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return
+    for name in sorted(names):
+        pid = name[len(TEMP_PREFIX):].split("-", 1)[0]
+        if not name.startswith(TEMP_PREFIX) or not pid.isdigit() or _alive(int(pid)):
+            continue
+        try:
+            os.remove(os.path.join(folder, name))
+        except OSError:
+            pass
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return True
+    return True
+
+
 def prepare_output_dir(path):
-    """Creates output_dir if needed; raises QuantizeError if it is a file or not writable."""
+    """Creates output_dir if needed and removes temporary files a killed run left in it;
+    raises QuantizeError if it is a file or not writable."""
     if os.path.exists(path) and not os.path.isdir(path):
         raise QuantizeError(f"output_dir {path} is a file; give a folder path")
     try:
@@ -194,6 +251,7 @@ def prepare_output_dir(path):
                             "writable folder") from err
     if not os.access(path, os.W_OK | os.X_OK):
         raise QuantizeError(f"output_dir {path} is not writable; choose a writable folder")
+    remove_stale_temp_files(path)
     return path
 
 
@@ -201,6 +259,15 @@ def save_graph_def(graph_def, path):
     """Serializes deterministically and writes atomically."""
     write_atomic(path, graph_def.SerializeToString(deterministic=True))
     return path
+
+
+def with_nodes(template, nodes=()):
+    """A new GraphDef with `template`'s versions and function library and the given nodes."""
+    out = tf.compat.v1.GraphDef()
+    out.versions.CopyFrom(template.versions)
+    out.library.CopyFrom(template.library)
+    out.node.extend(nodes)
+    return out
 
 
 def make_node(op, name, inputs=(), **attrs):

@@ -24,14 +24,6 @@ _NOT_FOLDABLE = frozenset({"Const", "Placeholder", "PlaceholderWithDefault", "Va
                            "LoopCond", "ControlTrigger"})
 
 
-def _copy_with(graph_def, nodes):
-    out = tf.compat.v1.GraphDef()
-    out.versions.CopyFrom(graph_def.versions)
-    out.library.CopyFrom(graph_def.library)
-    out.node.extend(nodes)
-    return out
-
-
 def _bypass(graph_def, replace):
     """Drops nodes in `replace` and rewires their consumers. replace: name -> the tensor that
     stands for its output 0, or a list of tensors, one per output (IdentityN)."""
@@ -58,7 +50,7 @@ def _bypass(graph_def, replace):
             if not is_control(resolved) or resolved not in new.input:
                 new.input.append(resolved)
         nodes.append(new)
-    return _copy_with(graph_def, nodes)
+    return utils.with_nodes(graph_def, nodes)
 
 
 def remove_identities(graph_def, keep=()):
@@ -137,7 +129,7 @@ def remove_dead(graph_def, keep):
             continue
         alive.add(name)
         stack.extend(node_name(i) for i in nm[name].input if node_name(i) in nm)
-    return _copy_with(graph_def, [n for n in graph_def.node if n.name in alive])
+    return utils.with_nodes(graph_def, [n for n in graph_def.node if n.name in alive])
 
 
 def fold_constants(graph_def, keep=()):
@@ -167,9 +159,7 @@ def fold_constants(graph_def, keep=()):
     if not frontier:
         return graph_def
     frontier.sort()
-    graph = tf.Graph()
-    with graph.as_default():
-        tf.graph_util.import_graph_def(graph_def, name="")
+    graph = utils.import_graph(graph_def)
     tensors = [list(graph.get_operation_by_name(name).outputs) for name in frontier]
     flat = [t for ts in tensors for t in ts]
     with tf.compat.v1.Session(graph=graph) as sess:
@@ -194,7 +184,7 @@ def fold_constants(graph_def, keep=()):
                 if tensor_name(inp) in extra_outputs and not is_control(inp):
                     new.input[i] = extra_outputs[tensor_name(inp)]
             nodes.append(new)
-    return remove_dead(_copy_with(graph_def, nodes), keep=list(keep) + sinks(graph_def))
+    return remove_dead(utils.with_nodes(graph_def, nodes), keep=list(keep) + sinks(graph_def))
 
 
 def clean_for_inference(graph_def, keep):

@@ -31,7 +31,6 @@ the next, so one sweep does not settle).
 import logging
 
 import numpy as np
-import tensorflow as tf
 
 from decent_q.graph import utils
 from decent_q.graph.utils import node_name
@@ -191,9 +190,7 @@ def cross_layer_equalize(graph_def, config=None):
                 values[b] = values[b] * s
             values[w2] = _scale_tail_inverse(values[w2], s)
     relu6 = {n.name for p in pairs for n in p.links if n.op == "Relu6"}
-    out = tf.compat.v1.GraphDef()
-    out.versions.CopyFrom(graph_def.versions)
-    out.library.CopyFrom(graph_def.library)
+    out = utils.with_nodes(graph_def)
     for node in graph_def.node:
         new = out.node.add()
         if node.name in values:

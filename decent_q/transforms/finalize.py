@@ -74,10 +74,7 @@ def finalize_fix_neurons(graph_def, keep=()):
             nodes.append(new)
         else:
             nodes.append(node)
-    out = tf.compat.v1.GraphDef()
-    out.versions.CopyFrom(graph_def.versions)
-    out.library.CopyFrom(graph_def.library)
-    out.node.extend(nodes)
+    out = utils.with_nodes(graph_def, nodes)
     return cleanup.remove_dead(out, keep=list(keep))
 
 

@@ -207,8 +207,5 @@ def fold_batch_norms(graph_def, keep=()):
             nodes.append(replaced[node.name])
         else:
             nodes.append(node)
-    out = tf.compat.v1.GraphDef()
-    out.versions.CopyFrom(graph_def.versions)
-    out.library.CopyFrom(graph_def.library)
-    out.node.extend(nodes)
+    out = utils.with_nodes(graph_def, nodes)
     return cleanup.remove_dead(out, keep=list(keep) + cleanup.sinks(graph_def))

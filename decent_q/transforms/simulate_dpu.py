@@ -117,9 +117,7 @@ class _Rewrite:
         swap = {}
         for consumer, index, const in self.consts:
             swap.setdefault(consumer, []).append((index, const))
-        out = tf.compat.v1.GraphDef()
-        out.versions.CopyFrom(self.graph_def.versions)
-        out.library.CopyFrom(self.graph_def.library)
+        out = utils.with_nodes(self.graph_def)
         for node in self.graph_def.node:
             for _, const in sorted(swap.get(node.name, ()), key=lambda t: t[0]):
                 out.node.append(const)
