@@ -79,17 +79,24 @@ def remove_dropout(graph_def, keep=()):
     random = {n.name for n in graph_def.node if n.op.startswith("Random")}
     if not random:
         return graph_def
-    # Nodes downstream of a random op (the mask).
-    masked = set()
+    # Nodes downstream of a random op (the mask), up to the ops that apply a mask to data
+    # (a Mul / Select with masked and unmasked inputs): their output is data again, so the
+    # next dropout of a chain (fc6 -> dropout6 -> fc7 -> dropout7) still finds its data input.
+    masked, appliers = set(), []
     for name in utils.topological_order(graph_def):
         node = nm[name]
-        if name in random or any(node_name(i) in masked for i in node.input
-                                 if not is_control(i)):
+        ins = [node_name(i) for i in node.input if not is_control(i)]
+        hit = [i for i in ins if i in masked]
+        if name in random:
+            masked.add(name)
+        elif hit and node.op in ("Mul", "SelectV2", "Select") and len(hit) < len(ins):
+            appliers.append(name)
+        elif hit:
             masked.add(name)
     replace = {}
-    for name in masked:
+    for name in appliers:
         node = nm[name]
-        if node.op not in ("Mul", "SelectV2", "Select") or name in keep:
+        if name in keep:
             continue
         data = [i for i in nm.data_inputs(node) if node_name(i) not in masked]
         if node.op.startswith("Select"):
