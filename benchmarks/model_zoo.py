@@ -57,7 +57,7 @@ MODELS = [
     Spec("slim", "vgg_19", 224, True),
     Spec("slim", "inception_v1", 224, True),
     Spec("slim", "inception_v2", 32, False),
-    Spec("slim", "inception_v3", 75, True),
+    Spec("slim", "inception_v3", 139, True),
     Spec("slim", "resnet_v1_50", 32, True),
     Spec("slim", "resnet_v2_50", 32, False),
 ]
