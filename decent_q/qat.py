@@ -33,6 +33,7 @@ from decent_q.graph import utils
 from decent_q.transforms import cleanup
 from decent_q.transforms import finalize as finalize_lib
 from decent_q.transforms import fold_batch_norms_qat
+from decent_q.transforms import inline_functions
 
 log = logging.getLogger("decent_q")
 
@@ -149,6 +150,7 @@ def float_variables(graph=None):
 
 def _rewrite(graph, config, phase):
     keep = list(config.input_nodes) + list(config.output_nodes)
+    _inline_calls(graph, config)
     # The same clean-up in both phases, so both graphs get the same quantization points.
     _remove_dropout(graph, config, phase)
     _bypass_identities(graph, config)
@@ -230,6 +232,18 @@ def _check_inference_phase(graph, config):
                 "evaluation graph in inference phase: is_training=False for tf.layers / slim, "
                 "and for Keras call tf_keras.backend.clear_session() then "
                 "tf_keras.backend.set_learning_phase(0) before building the model")
+
+
+def _inline_calls(graph, config):
+    """Inlines the function calls in the range (Keras' grouped convolutions), so their
+    convolutions are folded and quantized like any other (live graph, in place)."""
+    nm = utils.NodeMap(graph.as_graph_def())
+    in_range = utils.range_nodes(nm, config.input_nodes, config.output_nodes)
+    calls = sorted(n for n in in_range - set(config.output_nodes)
+                   if nm[n].op in inline_functions.CALL_OPS)
+    if calls:
+        inline_functions.inline_calls_in_graph(graph, calls)
+        log.info("inlined %d function call(s)", len(calls))
 
 
 def _bypass_identities(graph, config):

@@ -96,3 +96,31 @@ def test_pipeline(pool, do_cle, simulate):
         assert 0 <= shift_cut <= 16, layer
         if layer.bias_fix:
             assert min(0, shift_cut - 16) <= pw + pi - pos[layer.bias_fix] <= 16, layer
+
+
+def test_prepare_float_graph_leaves_the_outside_of_the_range_as_it_was():
+    """Post-processing after the output node (an Identity, constant arithmetic) and
+    preprocessing before the input node are not cleaned up or folded."""
+    rng = np.random.default_rng(3)
+    graph = tf.Graph()
+    with graph.as_default():
+        raw = tf.compat.v1.placeholder(tf.float32, [None, 4, 4, 3], name="raw")
+        x = tf.identity(raw * (tf.constant(2.0) + tf.constant(1.0)), name="input")
+        w = tf.identity(tf.constant(rng.standard_normal((1, 1, 3, 2)).astype(np.float32)))
+        y = tf.nn.conv2d(x, w, 1, "SAME", name="logits")
+        post = tf.identity(y, name="post/id")
+        tf.multiply(post, tf.constant(3.0) * tf.constant(0.5), name="post/out")
+    graph_def = graph.as_graph_def()
+    config = QuantizeConfig(input_nodes=["input"], output_nodes=["logits"],
+                            input_shapes=[[-1, 4, 4, 3]])
+    prepared = prepare_float_graph(graph_def, config)
+    before = {n.name: n for n in graph_def.node}
+    after = {n.name: n for n in prepared.node}
+    scope = set(__import__("decent_q.transforms", fromlist=["x"]).quantize_scope(
+        graph_def, config))
+    outside = [name for name in before if name not in scope]
+    assert "post/id" in outside and "raw" in outside and "mul" in outside
+    for name in outside:
+        assert after[name] == before[name], name
+    # Inside, the weight's Identity is gone.
+    assert after["logits"].input[1] != before["logits"].input[1]

@@ -4,9 +4,13 @@ Two ordered pass lists, shared by post-training quantization and QAT deploy::
 
     float frozen graph --prepare_float_graph--> clean_for_inference -> fold_batch_norms
                                                  -> [cross_layer_equalize] -> [simulate_dpu]
+                                                 -> restore_outside (the range's outside as it was)
     eval model --adjust_positions--> align_concat -> [adjust_shift_cut] -> [adjust_shift_bias]
 """
 
+import collections
+
+from decent_q.graph import utils
 # Submodules first: fold_batch_norms imports cleanup through this package.
 from decent_q.transforms import cleanup
 from decent_q.transforms import fold_batch_norms as _fold
@@ -33,13 +37,61 @@ def prepare_float_graph(graph_def, config):
       A new GraphDef, ready for :func:`decent_q.plan.plan_quantization`.
     """
     keep = keep_nodes(config)
+    original = graph_def
     graph_def = cleanup.clean_for_inference(graph_def, keep)
     graph_def = _fold.fold_batch_norms(graph_def, keep)
     if config.do_cle:
         graph_def = _cle.cross_layer_equalize(graph_def, config)
     if config.simulate_dpu:
         graph_def = _simulate.simulate_dpu(graph_def, config)
-    return graph_def
+    return restore_outside(original, graph_def, config)
+
+
+def quantize_scope(graph_def, config):
+    """The nodes the float passes may change: the range input_nodes..output_nodes and what feeds
+    it (weights), but not the preprocessing in front of the input nodes."""
+    nm = utils.NodeMap(graph_def)
+    in_range = utils.range_nodes(nm, config.input_nodes, config.output_nodes)
+
+    def ancestors(names, stop=()):
+        seen, stack = set(), list(names)
+        while stack:
+            name = stack.pop()
+            if name in seen or name not in nm or name in stop:
+                continue
+            seen.add(name)
+            stack.extend(utils.node_name(i) for i in nm[name].input)
+        return seen
+
+    before_inputs = ancestors(config.input_nodes)
+    return in_range | (ancestors(in_range, stop=set(config.input_nodes)) - before_inputs)
+
+
+def restore_outside(original, prepared, config):
+    """`prepared` with every node outside :func:`quantize_scope` of `original` as it was there:
+    post-processing after the output nodes (NMS, while loops, conds) and preprocessing before
+    the input nodes are never rewritten. A node whose inputs no longer exist keeps its
+    prepared form."""
+    scope = quantize_scope(original, config)
+    outside = [n for n in original.node if n.name not in scope]
+    if not outside:
+        return prepared
+    nodes = collections.OrderedDict((n.name, n) for n in prepared.node)
+    restored = {n.name: n for n in outside}
+    while True:  # drop restorations whose inputs are gone (rewritten in-scope nodes)
+        names = set(nodes) | set(restored)
+        broken = [name for name, node in restored.items()
+                  if any(utils.node_name(i) not in names for i in node.input)]
+        if not broken:
+            break
+        for name in broken:
+            del restored[name]
+    nodes.update(restored)
+    out = type(prepared)()
+    out.versions.CopyFrom(prepared.versions)
+    out.library.CopyFrom(prepared.library)
+    out.node.extend(nodes.values())
+    return out
 
 
 def adjust_positions(eval_graph_def, config):
@@ -57,4 +109,5 @@ def adjust_positions(eval_graph_def, config):
     return graph_def
 
 
-__all__ = ["keep_nodes", "prepare_float_graph", "adjust_positions"]
+__all__ = ["keep_nodes", "prepare_float_graph", "quantize_scope", "restore_outside",
+           "adjust_positions"]

@@ -1,4 +1,5 @@
-"""Inference clean-up of a frozen GraphDef: Identity/CheckNumerics, dropout, constant folding.
+"""Inference clean-up of a frozen GraphDef: function calls, Identity/CheckNumerics, dropout,
+constant folding.
 
 Each function is pure: GraphDef in, new GraphDef out. Nodes named in ``keep`` (the user's
 input and output nodes) are never removed or renamed.
@@ -9,13 +10,18 @@ import tensorflow as tf
 
 from decent_q.graph import utils
 from decent_q.graph.utils import is_control, node_name, tensor_name
+from decent_q.transforms import inline_functions
 
 _PASS_OPS = frozenset({"Identity", "IdentityN", "CheckNumerics", "StopGradient", "Snapshot"})
 # Ops never folded although their inputs are constant.
 _NOT_FOLDABLE = frozenset({"Const", "Placeholder", "PlaceholderWithDefault", "VariableV2",
                            "VarHandleOp", "RandomUniform", "RandomStandardNormal",
                            "TruncatedNormal", "RandomUniformInt", "FixNeuron",
-                           "FixNeuronDynamic", "Assign", "AssignAdd", "NoOp"})
+                           "FixNeuronDynamic", "Assign", "AssignAdd", "NoOp",
+                           # control flow: evaluating one outside its frame is wrong
+                           "Enter", "RefEnter", "Exit", "RefExit", "Switch", "RefSwitch",
+                           "Merge", "RefMerge", "NextIteration", "RefNextIteration",
+                           "LoopCond", "ControlTrigger"})
 
 
 def _bypass(graph_def, replace):
@@ -40,7 +46,8 @@ def _bypass(graph_def, replace):
         del new.input[:]
         for inp in node.input:
             resolved = resolve(inp)
-            if resolved not in new.input:
+            # A data input may repeat (Switch(pred, pred) of tf.cond); a control input not.
+            if not is_control(resolved) or resolved not in new.input:
                 new.input.append(resolved)
         nodes.append(new)
     return utils.with_nodes(graph_def, nodes)
@@ -72,17 +79,24 @@ def remove_dropout(graph_def, keep=()):
     random = {n.name for n in graph_def.node if n.op.startswith("Random")}
     if not random:
         return graph_def
-    # Nodes downstream of a random op (the mask).
-    masked = set()
+    # Nodes downstream of a random op (the mask), up to the ops that apply a mask to data
+    # (a Mul / Select with masked and unmasked inputs): their output is data again, so the
+    # next dropout of a chain (fc6 -> dropout6 -> fc7 -> dropout7) still finds its data input.
+    masked, appliers = set(), []
     for name in utils.topological_order(graph_def):
         node = nm[name]
-        if name in random or any(node_name(i) in masked for i in node.input
-                                 if not is_control(i)):
+        ins = [node_name(i) for i in node.input if not is_control(i)]
+        hit = [i for i in ins if i in masked]
+        if name in random:
+            masked.add(name)
+        elif hit and node.op in ("Mul", "SelectV2", "Select") and len(hit) < len(ins):
+            appliers.append(name)
+        elif hit:
             masked.add(name)
     replace = {}
-    for name in masked:
+    for name in appliers:
         node = nm[name]
-        if node.op not in ("Mul", "SelectV2", "Select") or name in keep:
+        if name in keep:
             continue
         data = [i for i in nm.data_inputs(node) if node_name(i) not in masked]
         if node.op.startswith("Select"):
@@ -182,6 +196,7 @@ def fold_constants(graph_def, keep=()):
 
 def clean_for_inference(graph_def, keep):
     """The inference clean-up pass list, in order."""
+    graph_def = inline_functions.inline_functions(graph_def, keep)
     graph_def = remove_identities(graph_def, keep)
     graph_def = remove_dropout(graph_def, keep)
     graph_def = fold_constants(graph_def, keep)

@@ -1,0 +1,304 @@
+"""Architecture coverage: real model families through post-training quantization and QAT.
+
+Shared by ``tests/test_coverage.py`` (asserts) and ``benchmarks/coverage.py`` (the table).
+Each model is built with random weights (``tf_keras.applications`` with ``weights=None``, or a
+``tf_slim.nets`` network), frozen, quantized with :func:`decent_q.quantize_frozen` on random
+calibration batches, and its eval model is run against the float graph; then its training
+version goes through ``CreateQuantizeTrainingGraph`` and one optimizer step.
+
+Random weights: Keras' default Glorot init of a depthwise kernel divides by the channel count
+it does not sum over, so MobileNet's output shrinks by ~sqrt(C) per layer (1e-20 at the end)
+and no signal is left to measure. Every conv / dense kernel is therefore set to He-normal
+values (std sqrt(2 / fan_in), fan_in the products the layer sums: kh*kw*in for a conv,
+kh*kw for a depthwise kernel, in for a dense kernel) before freezing; nothing else changes.
+"""
+
+import collections
+import dataclasses
+import os
+import tempfile
+import time
+
+import numpy as np
+import tensorflow as tf
+
+COMPUTE_OPS = ("Conv2D", "DepthwiseConv2dNative", "MatMul", "Conv2DBackpropInput")
+
+Spec = collections.namedtuple("Spec", "family name size slow")
+
+# (family, builder name, input size, slow). Sizes: the smallest each model accepts at or above
+# 32 px (Inception / Xception need 71-75 px; tf_slim's AlexNet, OverFeat, VGG and Inception v1
+# end in VALID convolutions / pools sized for their native input). slow: run by the benchmark,
+# deselected in CI (pytest -m "not slow"); CI keeps one model per distinct feature (residual,
+# depthwise + relu6, hard-swish, swish + squeeze-excite, grouped conv, slim batch norm and
+# inception concats, slim pre-activation resnet, a large dense head) to stay under 10 minutes.
+MODELS = [
+    Spec("keras", "ResNet50", 32, False),
+    Spec("keras", "ResNet50V2", 32, True),
+    Spec("keras", "ResNetRS50", 32, True),
+    Spec("keras", "InceptionV3", 75, True),
+    Spec("keras", "InceptionResNetV2", 75, True),
+    Spec("keras", "Xception", 71, True),
+    Spec("keras", "VGG16", 32, True),
+    Spec("keras", "MobileNet", 32, False),
+    Spec("keras", "MobileNetV2", 32, False),
+    Spec("keras", "MobileNetV3Small", 32, False),
+    Spec("keras", "DenseNet121", 32, True),
+    Spec("keras", "NASNetMobile", 32, True),
+    Spec("keras", "EfficientNetB0", 32, False),
+    Spec("keras", "EfficientNetV2B0", 32, True),
+    Spec("keras", "RegNetX002", 32, False),
+    Spec("keras", "RegNetY002", 32, True),
+    Spec("keras", "ConvNeXtTiny", 32, True),
+    Spec("slim", "alexnet_v2", 224, False),
+    Spec("slim", "overfeat", 231, True),
+    Spec("slim", "vgg_a", 224, True),
+    Spec("slim", "vgg_16", 224, True),
+    Spec("slim", "vgg_19", 224, True),
+    Spec("slim", "inception_v1", 224, True),
+    Spec("slim", "inception_v2", 32, False),
+    Spec("slim", "inception_v3", 139, True),
+    Spec("slim", "resnet_v1_50", 32, True),
+    Spec("slim", "resnet_v2_50", 32, False),
+]
+# Keras models that rescale / normalize raw [0, 255] pixels inside the model.
+_RAW_PIXELS = ("EfficientNet", "MobileNetV3", "ResNetRS", "RegNet", "ConvNeXt")
+_SLIM = {  # net -> (module, arg scope)
+    "alexnet_v2": ("alexnet", "alexnet_v2_arg_scope"),
+    "overfeat": ("overfeat", "overfeat_arg_scope"),
+    "vgg_a": ("vgg", "vgg_arg_scope"), "vgg_16": ("vgg", "vgg_arg_scope"),
+    "vgg_19": ("vgg", "vgg_arg_scope"),
+    "inception_v1": ("inception_v1", "inception_v1_arg_scope"),
+    "inception_v2": ("inception_v2", "inception_v2_arg_scope"),
+    "inception_v3": ("inception_v3", "inception_v3_arg_scope"),
+    "resnet_v1_50": ("resnet_v1", "resnet_arg_scope"),
+    "resnet_v2_50": ("resnet_v2", "resnet_arg_scope"),
+}
+CLASSES = 10
+BATCH = 2
+CALIB_BATCHES = 2
+
+
+@dataclasses.dataclass
+class Result:
+    name: str
+    size: int
+    nodes: int                 # frozen float graph
+    compute: int               # compute ops in the quantized range of the prepared graph
+    quantized: int             # of them with a FixNeuron on their weights in the eval model
+    unquantized: list          # compute ops whose weights stay float
+    float_reasons: dict        # reason kind -> count (plan.float_nodes)
+    sqnr_db: float             # eval model vs float graph, logits
+    ptq_seconds: float         # quantize_frozen
+    qat_loss: float            # loss of the one QAT training step
+    seconds: float             # everything for this model
+
+
+# -- building -----------------------------------------------------------------------------------
+
+def he_normal(sess, variables, seed=0):
+    """Sets every conv / dense kernel among `variables` to He-normal values (module docstring)."""
+    rng = np.random.default_rng(seed)
+    assigns, feeds = [], {}
+    for var in sorted(variables, key=lambda v: v.name):
+        base = var.name.split(":")[0].rsplit("/", 1)[-1]
+        shape = var.shape.as_list()
+        if base not in ("kernel", "depthwise_kernel", "weights", "depthwise_weights") or \
+                len(shape) < 2:
+            continue
+        fan_in = int(np.prod(shape[:-2])) if "depthwise" in base else int(np.prod(shape[:-1]))
+        value = rng.standard_normal(shape).astype(np.float32) * np.sqrt(2.0 / fan_in)
+        holder = tf.compat.v1.placeholder(tf.float32, shape)
+        assigns.append(tf.compat.v1.assign(var, holder))
+        feeds[holder] = value
+    sess.run(assigns, feeds)
+
+
+def _keras_model(name, size, training):
+    import tf_keras  # pylint: disable=import-outside-toplevel
+    tf_keras.backend.clear_session()
+    tf_keras.backend.set_learning_phase(1 if training else 0)
+    tf.compat.v1.set_random_seed(0)
+    return getattr(tf_keras.applications, name)(weights=None, input_shape=(size, size, 3),
+                                               classes=CLASSES)
+
+
+def _slim_logits(name, size, training):
+    import importlib  # pylint: disable=import-outside-toplevel
+    import tf_slim  # pylint: disable=import-outside-toplevel
+    module_name, scope_name = _SLIM[name]
+    module = importlib.import_module(f"tf_slim.nets.{module_name}")
+    tf.compat.v1.set_random_seed(0)
+    images = tf.compat.v1.placeholder(tf.float32, [None, size, size, 3], name="input")
+    with tf_slim.arg_scope(getattr(module, scope_name)()):
+        logits, _ = getattr(module, name)(images, num_classes=CLASSES, is_training=training)
+    return images, logits
+
+
+def build_inference(spec):
+    """(frozen GraphDef, input node, logits node) of the model in inference mode."""
+    if spec.family == "keras":
+        import tf_keras  # pylint: disable=import-outside-toplevel
+        model = _keras_model(spec.name, spec.size, training=False)
+        sess = tf_keras.src.backend.get_session()
+        he_normal(sess, model.weights)
+        images, out = model.inputs[0], model.outputs[0]
+        logits = out.op.inputs[0] if out.op.type == "Softmax" else out
+        graph_def = tf.compat.v1.graph_util.convert_variables_to_constants(
+            sess, sess.graph.as_graph_def(), [out.op.name])
+        tf_keras.backend.clear_session()
+        return graph_def, images.op.name, logits.op.name
+    graph = tf.Graph()
+    with graph.as_default():
+        images, logits = _slim_logits(spec.name, spec.size, training=False)
+        with tf.compat.v1.Session() as sess:
+            sess.run(tf.compat.v1.global_variables_initializer())
+            he_normal(sess, tf.compat.v1.global_variables())
+            graph_def = tf.compat.v1.graph_util.convert_variables_to_constants(
+                sess, graph.as_graph_def(), [logits.op.name])
+    return graph_def, images.op.name, logits.op.name
+
+
+def batch(spec, seed):
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(-1.0, 1.0, (BATCH, spec.size, spec.size, 3)).astype(np.float32)
+    if spec.name.startswith(_RAW_PIXELS):
+        x = (x + 1.0) * 127.5
+    return x
+
+
+# -- measuring ----------------------------------------------------------------------------------
+
+def session_config():
+    """Grappler off: these graphs run once or twice, so optimizing them costs more than it
+    saves (it dominates the QAT step otherwise)."""
+    config = tf.compat.v1.ConfigProto()
+    config.graph_options.rewrite_options.disable_meta_optimizer = True
+    config.graph_options.optimizer_options.opt_level = tf.compat.v1.OptimizerOptions.L0
+    return config
+
+
+def _run(graph_def, fetch, feed):
+    graph = tf.Graph()
+    with graph.as_default():
+        tf.graph_util.import_graph_def(graph_def, name="")
+    with tf.compat.v1.Session(graph=graph, config=session_config()) as sess:
+        return sess.run(fetch, feed)
+
+
+def sqnr_db(reference, test):
+    """10 log10(sum ref^2 / sum (test - ref)^2)."""
+    reference, test = np.asarray(reference, np.float64), np.asarray(test, np.float64)
+    noise = np.sum((test - reference) ** 2)
+    return float("inf") if noise == 0 else float(10 * np.log10(np.sum(reference ** 2) / noise))
+
+
+def _config(spec, input_node, logits, output_dir):
+    import decent_q  # pylint: disable=import-outside-toplevel
+    return decent_q.QuantizeConfig(input_nodes=[input_node], output_nodes=[logits],
+                                   input_shapes=[[-1, spec.size, spec.size, 3]],
+                                   calib_iter=CALIB_BATCHES, output_dir=output_dir)
+
+
+def compute_coverage(eval_gd, config):
+    """(compute ops in range, those whose weights are not read through a FixNeuron)."""
+    from decent_q import registry  # pylint: disable=import-outside-toplevel
+    from decent_q.graph import utils  # pylint: disable=import-outside-toplevel
+    nm = utils.NodeMap(eval_gd)
+    in_range = utils.range_nodes(nm, config.input_nodes, config.output_nodes)
+    compute = sorted(n for n in in_range if nm[n].op in COMPUTE_OPS)
+    missing = [n for n in compute if nm.input_node(
+        nm[n], registry.COMPUTE_OPS[nm[n].op].weight_index).op != "FixNeuron"]
+    return compute, missing
+
+
+def ptq(spec, graph_def, input_node, logits, output_dir):
+    """Post-training quantization; returns (eval GraphDef, plan, SQNR dB, seconds)."""
+    import decent_q  # pylint: disable=import-outside-toplevel
+    from decent_q import plan as plan_lib  # pylint: disable=import-outside-toplevel
+    from decent_q import transforms  # pylint: disable=import-outside-toplevel
+    from decent_q.graph import utils  # pylint: disable=import-outside-toplevel
+    config = _config(spec, input_node, logits, output_dir)
+    start = time.time()
+    paths = decent_q.quantize_frozen(
+        graph_def, lambda step: {input_node: batch(spec, step)}, config, progress=False)
+    seconds = time.time() - start
+    eval_gd = utils.load_graph_def(paths["quantize_eval_model"])
+    plan = plan_lib.plan_quantization(transforms.prepare_float_graph(graph_def, config), config)
+    # The eval model's value of the output node: the FixNeuron after it (SPEC 'Naming').
+    alias = next((n.name for n in eval_gd.node if n.op == "FixNeuron" and
+                  utils.node_name(n.input[0]) == logits), logits)
+    x = {f"{input_node}:0": batch(spec, 1000)}
+    reference = _run(graph_def, f"{logits}:0", x)
+    quantized = _run(eval_gd, f"{alias}:0", x)
+    return eval_gd, plan, sqnr_db(reference, quantized), seconds, config
+
+
+def qat_step(spec, output_dir):
+    """Builds the training-mode model, runs CreateQuantizeTrainingGraph and one SGD step;
+    returns the loss."""
+    import decent_q  # pylint: disable=import-outside-toplevel
+    if spec.family == "keras":
+        import tf_keras  # pylint: disable=import-outside-toplevel
+        model = _keras_model(spec.name, spec.size, training=True)
+        images, out = model.inputs[0], model.outputs[0]
+        logits = out.op.inputs[0] if out.op.type == "Softmax" else out
+        updates = list(model.updates)
+        graph = tf.compat.v1.get_default_graph()
+    else:
+        graph = tf.Graph()
+        with graph.as_default():
+            images, logits = _slim_logits(spec.name, spec.size, training=True)
+        updates = []
+    config = _config(spec, images.op.name, logits.op.name, output_dir)
+    with graph.as_default():
+        decent_q.CreateQuantizeTrainingGraph(config=config)
+        labels = tf.compat.v1.placeholder(tf.int64, [None])
+        # The loss reads the output node's consumers' view: its quantized value.
+        quantized = graph.get_tensor_by_name(f"{logits.op.name}/aquant:0") \
+            if _has_op(graph, f"{logits.op.name}/aquant") else logits
+        loss = tf.compat.v1.losses.sparse_softmax_cross_entropy(
+            labels, tf.reshape(quantized, [-1, CLASSES]))
+        updates += tf.compat.v1.get_collection(tf.compat.v1.GraphKeys.UPDATE_OPS)
+        with tf.control_dependencies(updates):
+            train = tf.compat.v1.train.GradientDescentOptimizer(1e-3).minimize(loss)
+        with tf.compat.v1.Session(graph=graph, config=session_config()) as sess:
+            sess.run(tf.compat.v1.global_variables_initializer())
+            value, _ = sess.run([loss, train], {images: batch(spec, 0),
+                                                labels: np.arange(BATCH) % CLASSES})
+    if spec.family == "keras":
+        tf_keras.backend.clear_session()
+    return float(value)
+
+
+def _has_op(graph, name):
+    try:
+        graph.get_operation_by_name(name)
+    except KeyError:
+        return False
+    return True
+
+
+def reason_kinds(plan):
+    from decent_q import calibrate  # pylint: disable=import-outside-toplevel
+    return dict(collections.Counter(calibrate._reason_kind(r)  # pylint: disable=protected-access
+                                    for r in plan.float_nodes.values()))
+
+
+def measure(spec, output_dir=None, qat=True):
+    """Runs one model through PTQ (and QAT); returns a Result."""
+    start = time.time()
+    with tempfile.TemporaryDirectory() as tmp:
+        output_dir = output_dir or tmp
+        graph_def, input_node, logits = build_inference(spec)
+        eval_gd, plan, sqnr, ptq_seconds, config = ptq(
+            spec, graph_def, input_node, logits, os.path.join(output_dir, "ptq"))
+        compute, missing = compute_coverage(eval_gd, config)
+        loss = qat_step(spec, os.path.join(output_dir, "qat")) if qat else float("nan")
+    return Result(spec.name, spec.size, len(graph_def.node), len(compute),
+                  len(compute) - len(missing), missing, reason_kinds(plan), sqnr, ptq_seconds,
+                  loss, time.time() - start)
+
+
+def spec_by_name(name):
+    return next(s for s in MODELS if s.name == name)
