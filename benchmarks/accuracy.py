@@ -39,6 +39,8 @@ sys.path.insert(0, ROOT)
 
 import data  # noqa: E402  pylint: disable=wrong-import-position
 
+import common  # noqa: E402  (benchmarks/common.py)
+
 MODELS = ("cnn", "resnet")
 BITS = (8, 6, 4)
 INPUT_NODE = "images"
@@ -339,17 +341,7 @@ def worker_tflite(args):
     model = build(tf_keras, kind)
     model.set_weights(_load_weights(args.work_dir, kind))
 
-    def representative():
-        for image in calib:
-            yield [image[None]]
-
-    converter = tf.lite.TFLiteConverter.from_keras_model(model)
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.representative_dataset = representative
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    converter.inference_input_type = tf.int8
-    converter.inference_output_type = tf.int8
-    flat = converter.convert()
+    flat = common.tflite_int8(model, calib)
     interpreter = tf.lite.Interpreter(model_content=flat)
     interpreter.allocate_tensors()
     inp = interpreter.get_input_details()[0]

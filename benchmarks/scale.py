@@ -16,12 +16,13 @@ import cProfile
 import json
 import os
 import pstats
-import subprocess
 import sys
 import tempfile
 import time
 
 import numpy as np
+
+import common  # noqa: E402  (benchmarks/common.py)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -98,12 +99,7 @@ def run_ptq(layers, profile=False):
 def _spawn(argv):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2",
                PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.run([sys.executable, os.path.abspath(__file__), *argv], env=env,
-                          capture_output=True, text=True, check=False)
-    if proc.returncode:
-        print(proc.stderr[-4000:], file=sys.stderr)
-        raise SystemExit(f"{argv} failed")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return common.run_json(__file__, argv, env)
 
 
 def main(argv=None):

@@ -27,7 +27,6 @@ import json
 import os
 import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -42,6 +41,8 @@ sys.path.insert(0, ROOT)
 
 import accuracy  # noqa: E402  pylint: disable=wrong-import-position
 import data  # noqa: E402  pylint: disable=wrong-import-position
+
+import common  # noqa: E402  (benchmarks/common.py)
 
 BATCH = 64
 
@@ -249,17 +250,7 @@ def ptq_tflite(work, info):
     model.load_weights(os.path.join(work, "resnet50.h5"))
     built = time.perf_counter()
 
-    def representative():
-        for image in calib:
-            yield [image[None]]
-
-    converter = tf.lite.TFLiteConverter.from_keras_model(model)
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.representative_dataset = representative
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    converter.inference_input_type = tf.int8
-    converter.inference_output_type = tf.int8
-    flat = converter.convert()
+    flat = common.tflite_int8(model, calib)
     end = time.perf_counter()
     return {"wall_s": end - built, "build_model_s": built - start, "tflite_bytes": len(flat),
             "rss_before_mb": rss0, "peak_rss_mb": _peak_rss_mb()}
@@ -273,12 +264,7 @@ def _spawn(argv, legacy_keras=False):
                PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     if legacy_keras:
         env["TF_USE_LEGACY_KERAS"] = "1"
-    proc = subprocess.run([sys.executable, os.path.abspath(__file__), *argv], env=env,
-                          capture_output=True, text=True, check=False)
-    if proc.returncode:
-        print(proc.stderr[-4000:], file=sys.stderr)
-        raise SystemExit(f"{argv} failed")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return common.run_json(__file__, argv, env)
 
 
 def main(argv=None):
