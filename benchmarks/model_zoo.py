@@ -76,6 +76,7 @@ _SLIM = {  # net -> (module, arg scope)
 }
 CLASSES = 10
 BATCH = 2
+QAT_STEPS = 24
 CALIB_BATCHES = 2
 
 
@@ -90,7 +91,8 @@ class Result:
     float_reasons: dict        # reason kind -> count (plan.float_nodes)
     sqnr_db: float             # eval model vs float graph, logits
     ptq_seconds: float         # quantize_frozen
-    qat_loss: float            # loss of the one QAT training step
+    qat_loss: float            # loss of the first QAT training step
+    qat_loss_end: float        # loss after QAT_STEPS steps on the same batch
     seconds: float             # everything for this model
 
 
@@ -234,9 +236,14 @@ def ptq(spec, graph_def, input_node, logits, output_dir):
     return eval_gd, plan, sqnr_db(reference, quantized), seconds, config
 
 
-def qat_step(spec, output_dir):
-    """Builds the training-mode model, runs CreateQuantizeTrainingGraph and one SGD step;
-    returns the loss."""
+def qat_step(spec, output_dir, steps=None):
+    """Builds the training-mode model, runs CreateQuantizeTrainingGraph and `steps` (QAT_STEPS)
+    Adam steps on one fixed batch; returns the losses of the first and the last step.
+
+    QAT must train: on a fixed batch the loss falls as float training's does (to under half in
+    a few dozen steps); a fold or rewrite that breaks the gradient stays put.
+    """
+    steps = steps or QAT_STEPS
     import decent_q  # pylint: disable=import-outside-toplevel
     if spec.family == "keras":
         import tf_keras  # pylint: disable=import-outside-toplevel
@@ -261,14 +268,14 @@ def qat_step(spec, output_dir):
             labels, tf.reshape(quantized, [-1, CLASSES]))
         updates += tf.compat.v1.get_collection(tf.compat.v1.GraphKeys.UPDATE_OPS)
         with tf.control_dependencies(updates):
-            train = tf.compat.v1.train.GradientDescentOptimizer(1e-3).minimize(loss)
+            train = tf.compat.v1.train.AdamOptimizer(1e-3).minimize(loss)
+        feed = {images: batch(spec, 0), labels: np.arange(BATCH) % CLASSES}
         with tf.compat.v1.Session(graph=graph, config=session_config()) as sess:
             sess.run(tf.compat.v1.global_variables_initializer())
-            value, _ = sess.run([loss, train], {images: batch(spec, 0),
-                                                labels: np.arange(BATCH) % CLASSES})
+            losses = [sess.run([loss, train], feed)[0] for _ in range(steps)]
     if spec.family == "keras":
         tf_keras.backend.clear_session()
-    return float(value)
+    return float(losses[0]), float(losses[-1])
 
 
 def _has_op(graph, name):
@@ -294,10 +301,11 @@ def measure(spec, output_dir=None, qat=True):
         eval_gd, plan, sqnr, ptq_seconds, config = ptq(
             spec, graph_def, input_node, logits, os.path.join(output_dir, "ptq"))
         compute, missing = compute_coverage(eval_gd, config)
-        loss = qat_step(spec, os.path.join(output_dir, "qat")) if qat else float("nan")
+        losses = qat_step(spec, os.path.join(output_dir, "qat")) if qat else \
+            (float("nan"), float("nan"))
     return Result(spec.name, spec.size, len(graph_def.node), len(compute),
                   len(compute) - len(missing), missing, reason_kinds(plan), sqnr, ptq_seconds,
-                  loss, time.time() - start)
+                  *losses, time.time() - start)
 
 
 def spec_by_name(name):

@@ -5,8 +5,9 @@
 
 qat: the ``resnet`` model of benchmarks/accuracy.py (7 conv + BN, batch 64, 28x28x1 MNIST
 digits), Adam. One process (TF1 graph mode) holds four sessions: float training graph;
-decent_q QAT training graph with fold_bn_freeze_step -1 (batch statistics + correction, never
-frozen), 0 (moving statistics from the start: what every step after the freeze step runs) and,
+decent_q QAT training graph with fold_bn_freeze_step -1 (one conv with quantized folded weights,
+normalised by the batch norm with batch statistics; never frozen), 0 (moving statistics from
+the start: the deploy form, what every step after a freeze step runs) and,
 for reference, QAT with the batch norms left in inference mode before the rewrite (no training
 fold at all). Steps are timed in rounds that visit every session in turn (``--steps`` steps per
 session per round); each figure is the median over rounds. A FULL_TRACE of a few steps splits
@@ -97,7 +98,7 @@ def _trace_groups(tf, sess, train_op, feed, steps=3):
                 elif "BatchNorm_Fold" in name:
                     group = "folded conv + fold arithmetic"
                 elif "Conv2D" in name or "conv" in name.lower().split("/")[-1]:
-                    group = "float conv (batch statistics branch)"
+                    group = "float conv"
                 elif "_bn" in name:
                     group = "batch norm (statistics, moving averages)"
                 elif "Adam" in name:

@@ -63,9 +63,10 @@ class QuantizeConfig:
     replace_relu6: int = _opt(1, "with do_cle=1: 1 replaces Relu6 by Relu", choices=(0, 1))
     skip_check: int = _opt(0, "1 skips the float model check", choices=(0, 1))
     fold_bn_freeze_step: int = _opt(
-        -1, "QAT: global step after which folded batch norms use moving statistics instead of "
-            "batch statistics with correction; -1 never freezes, 0 uses moving statistics only "
-            "(the original's behaviour)", cli=False)
+        -1, "QAT: global step from which folded batch norms use their moving statistics (the "
+            "deploy form) instead of batch statistics, and the moving averages stop; -1 never "
+            "freezes, 0 uses moving statistics from the start (the original's behaviour; the "
+            "moving averages keep updating)", cli=False)
     max_dump_batches: int = _opt(1, "dump: number of batches to dump")
     dump_float: int = _opt(0, "dump: 1 also dumps float values", choices=(0, 1))
     dump_input_tensors: str = _opt("", "dump: input tensor name when the graph entrance is not a "

@@ -11,13 +11,15 @@ A compute layer, found forwards from its compute op (SPEC.md "Where FixNeurons g
     data --(aquant if not quantized yet)--+
     weights --wquant--> Conv2D | DepthwiseConv2dNative | Conv2DBackpropInput | MatMul
                           |  (atrous: SpaceToBatchND -> conv -> BatchToSpaceND)
-                          |  [Mul by a parameter: QAT batch-norm correction]
     bias --wquant-->  [BiasAdd | Add | AddV2]
                           |
                       [Relu | Relu6 | LeakyRelu | Maximum(Mul(a, x), x)
                        | Sub(Relu(x), Mul(a, Relu(Neg(x))))]  --aquant-->
 
-Every intermediate op must have one consumer; the last op gets ``aquant``.
+Every intermediate op must have one consumer; the last op gets ``aquant``. The layers that
+QAT's batch-norm fold builds in a training graph are declared by the fold instead
+(:class:`decent_q.transforms.fold_batch_norms_qat.FoldedLayer`: conv -> unscale -> batch norm
+-> ...); the activation after them is matched as above.
 """
 
 import dataclasses
@@ -96,7 +98,7 @@ def _weight_base(node_map, tensor):
 class _Finder:
     """Walks the range in topological order and records points and layers."""
 
-    def __init__(self, graph_def, config, parameters, exclude):
+    def __init__(self, graph_def, config, parameters, exclude, layers):
         self.nm = utils.NodeMap(graph_def)
         self.config = config
         utils.check_nodes_exist(self.nm, config.input_nodes, "input node")
@@ -108,6 +110,7 @@ class _Finder:
         self.range = frozenset(utils.range_nodes(self.nm, config.input_nodes,
                                                  config.output_nodes)) - frozenset(exclude)
         self.parameters = frozenset(tensor_name(t) for t in parameters)
+        self.declared = dict(layers)  # F/conv -> FoldedLayer (QAT training folds)
         self.ignored = frozenset(config.ignore_nodes)
         self.points: List[QuantPoint] = []
         self.layers: List[Layer] = []
@@ -145,13 +148,13 @@ class _Finder:
             self.quantized[tensor] = name
         return name
 
-    def add_activation(self, name):
+    def add_activation(self, name, point=None):
         if name in self.ignored:
             self.float_nodes[name] = "in ignore_nodes"
             return None
         return self.add(name, "activation", Mode.ACTIVATION,
                         self.config.bit_width(name, self.config.activation_bit),
-                        self.config.method_for(name))
+                        self.config.method_for(name), name=point)
 
     # -- the walk -------------------------------------------------------------------------
     def run(self):
@@ -248,32 +251,11 @@ class _Finder:
         weight, data = tensor_name(ins[spec.weight_index]), tensor_name(ins[spec.data_index])
         if not self.is_param(weight) or self.is_param(data):
             return False
-        nodes = [conv.name]
-        first_input = data
-        producer = self.nm.producer(data)
-        cur = conv
-        # atrous conv: SpaceToBatchND -> conv -> BatchToSpaceND
-        if producer is not None and producer.op == "SpaceToBatchND":
-            after = self.single_consumer(conv.name)
-            if after is not None and after.op == "BatchToSpaceND":
-                first_input = tensor_name(producer.input[0])
-                nodes = [producer.name, conv.name, after.name]
-                cur = after
-        # QAT batch-norm correction: conv * correction (a parameter tensor)
-        nxt = self.single_consumer(cur.name)
-        if nxt is not None and nxt.op == "Mul" and \
-                self.other_input(nxt, tensor_name(cur.name)) in self.parameters:
-            nodes.append(nxt.name)
-            cur = nxt
-        bias = None
-        nxt = self.single_consumer(cur.name)
-        if nxt is not None and nxt.op in registry.BIAS_OPS:
-            other = self.other_input(nxt, tensor_name(cur.name))
-            if other is not None and self.is_param(other):
-                bias, cur = other, nxt
-                nodes.append(nxt.name)
-        act_nodes = self.match_activation(cur)
-        nodes += act_nodes
+        declared = self.declared.get(conv.name)
+        if declared is not None:
+            nodes, first_input, bias = self.declared_chain(declared, data)
+        else:
+            nodes, first_input, bias = self.chain(conv, data)
         last = nodes[-1]
 
         ignored = conv.name in self.ignored
@@ -298,17 +280,16 @@ class _Finder:
                                     name=point_name(wbase, "wquant"))
             if bias is not None:
                 bbase = _weight_base(self.nm, bias)
-                bias_user = next(n for n in nodes if n in self.nm and
-                                 self.nm[n].op in registry.BIAS_OPS and
-                                 bias in [tensor_name(i) for i in self.nm[n].input])
-                index = [tensor_name(i) for i in self.nm.data_inputs(self.nm[bias_user])
-                         ].index(bias)
                 bias_point = self.add(bias, "bias", Mode.WEIGHT,
                                       cfg.bit_width(node_name(bbase), cfg.weight_bit),
                                       cfg.method_for(node_name(bbase)),
-                                      consumers=((bias_user, index),),
+                                      consumers=self.bias_consumers(conv, nodes, bias),
                                       name=point_name(bbase, "wquant"))
-        output_point = None if ignored else self.add_activation(last)
+        output_name = None
+        if declared is not None and last == declared.nodes[-1]:
+            # No activation: named as the evaluation graph's point on F/BiasAdd.
+            output_name = point_name(declared.output_name, "aquant")
+        output_point = None if ignored else self.add_activation(last, output_name)
         if ignored:
             self.float_nodes[conv.name] = "in ignore_nodes"
         self.done.update(nodes)
@@ -316,10 +297,55 @@ class _Finder:
                                  bias_point, output_point))
         return True
 
+    def bias_consumers(self, conv, nodes, bias):
+        """The (op, input index) pairs that read the bias of the layer at `conv`: () for a
+        declared layer whose forward pass does not read it."""
+        declared = self.declared.get(conv.name)
+        if declared is not None:
+            return (declared.bias_consumer,) if declared.bias_consumer else ()
+        user = next(n for n in nodes if self.nm[n].op in registry.BIAS_OPS and
+                    bias in [tensor_name(i) for i in self.nm[n].input])
+        index = [tensor_name(i) for i in self.nm.data_inputs(self.nm[user])].index(bias)
+        return ((user, index),)
+
+    def chain(self, conv, data):
+        """The nodes of the layer that starts at `conv`, its data input and its bias."""
+        nodes = [conv.name]
+        first_input = data
+        producer = self.nm.producer(data)
+        cur = conv
+        # atrous conv: SpaceToBatchND -> conv -> BatchToSpaceND
+        if producer is not None and producer.op == "SpaceToBatchND":
+            after = self.single_consumer(conv.name)
+            if after is not None and after.op == "BatchToSpaceND":
+                first_input = tensor_name(producer.input[0])
+                nodes = [producer.name, conv.name, after.name]
+                cur = after
+        bias = None
+        nxt = self.single_consumer(cur.name)
+        if nxt is not None and nxt.op in registry.BIAS_OPS:
+            other = self.other_input(nxt, tensor_name(cur.name))
+            if other is not None and self.is_param(other):
+                bias, cur = other, nxt
+                nodes.append(nxt.name)
+        return nodes + self.match_activation(cur), first_input, bias
+
+    def declared_chain(self, layer, data):
+        """The nodes, data input and bias of a layer the QAT fold declared (see
+        fold_batch_norms_qat.FoldedLayer); its bias point is placed by bias_consumer."""
+        nodes = list(layer.nodes) + self.match_activation(self.nm[layer.nodes[-1]])
+        producer = self.nm.producer(data)
+        if producer is not None and producer.op == "SpaceToBatchND":  # atrous, as chain()
+            nodes.insert(0, producer.name)
+            data = tensor_name(producer.input[0])
+        return nodes, data, tensor_name(layer.bias)
+
     def match_activation(self, cur):
         """Nodes of the activation after `cur` (possibly several ops), or []."""
         t = tensor_name(cur.name)
-        users = self.nm.node_consumers(cur.name)
+        # Readers of output 0 (a training batch norm's other outputs feed its moving averages).
+        users = [u for u in self.nm.node_consumers(cur.name)
+                 if t in (tensor_name(i) for i in self.nm.data_inputs(u))]
         ops = sorted(u.op for u in users)
         if len(users) == 1 and users[0].op in registry.ACTIVATION_OPS:
             return [users[0].name]
@@ -343,7 +369,7 @@ class _Finder:
         return []
 
 
-def plan_quantization(graph_def, config, parameters=(), exclude=()):
+def plan_quantization(graph_def, config, parameters=(), exclude=(), layers=None):
     """Finds the quantization points of `graph_def` between config's input and output nodes.
 
     Args:
@@ -352,6 +378,8 @@ def plan_quantization(graph_def, config, parameters=(), exclude=()):
       parameters: extra tensors to treat as parameters although computed from data (QAT's
         batch-statistics folding).
       exclude: nodes to leave out of the range (QAT's batch-statistics branch).
+      layers: {conv name: FoldedLayer}: layers the QAT fold built, whose chains are declared
+        rather than matched.
 
     Returns:
       A Plan; points in topological order.
@@ -360,7 +388,7 @@ def plan_quantization(graph_def, config, parameters=(), exclude=()):
       QuantizeError: a named node is not in the graph, or no compute layer is found.
     """
     config.require_nodes()
-    plan = _Finder(graph_def, config, parameters, exclude).run()
+    plan = _Finder(graph_def, config, parameters, exclude, layers or {}).run()
     for name, reason in sorted(plan.float_nodes.items()):
         if "not supported" in reason:
             log.warning("node %s: %s", name, reason)
@@ -390,7 +418,7 @@ def apply_to_graph_def(graph_def, plan, positions, arch_type="DEFAULT"):
         by_producer.setdefault(node_name(point.tensor), []).append(point)
     rewire = {}  # tensor -> [((consumer, input index) or None for all, new input)]
     for point in plan.points:
-        for target in point.consumers or (None,):
+        for target in (None,) if point.consumers is None else point.consumers:
             rewire.setdefault(point.tensor, []).append((target, point.name))
     for targets in rewire.values():
         targets.sort(key=lambda t: t[0] is None)  # consumer-specific points win

@@ -47,8 +47,9 @@ def CreateQuantizeTrainingGraph(config=None):  # pylint: disable=invalid-name
     """Rewrites the default graph (a float TRAINING graph) in place into the QAT training graph.
 
     Call it after building the float model and before creating the optimizer. Batch norms are
-    folded with batch statistics and a correction towards the moving statistics until
-    ``config.fold_bn_freeze_step`` (see :mod:`decent_q.transforms.fold_batch_norms_qat`);
+    folded: one conv with the quantized folded weights, normalised by the batch norm op with
+    batch statistics until ``config.fold_bn_freeze_step`` (see
+    :mod:`decent_q.transforms.fold_batch_norms_qat`);
     FixNeurons in TRAIN phase quantize weights, biases, activations and inputs. Writes
     ``output_dir/quantize_train_graph.pb``.
 
@@ -157,7 +158,8 @@ def _rewrite(graph, config, phase):
     freeze_step = config.fold_bn_freeze_step if phase == ops.Phase.TRAIN else 0
     folded = fold_batch_norms_qat.fold_batch_norms(graph, freeze_step, keep=keep)
     plan = plan_lib.plan_quantization(graph.as_graph_def(), config,
-                                      parameters=folded.parameters, exclude=folded.exclude)
+                                      parameters=folded.parameters, exclude=folded.exclude,
+                                      layers=folded.layers)
     if not plan.layers:
         raise QuantizeError("no conv / depthwise / MatMul layer found between input_nodes "
                             f"{config.input_nodes} and output_nodes {config.output_nodes}; "

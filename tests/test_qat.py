@@ -80,10 +80,10 @@ def test_training_graph_structure(tmp_path):
         new_vars = {v.op.name for v in tf.compat.v1.global_variables()} - float_vars
         assert new_vars and all(v.endswith("/pos_hist") for v in new_vars)
         # Every conv-like op on the quantized path reads its weights through a wquant point.
+        # The original convs of folded layers are left without consumers (one conv a layer).
         computes = [op for op in graph.get_operations()
                     if op.type in ("Conv2D", "DepthwiseConv2dNative", "MatMul")
-                    and not any(c.type.startswith("FusedBatchNorm")
-                                for c in op.outputs[0].consumers())]
+                    and op.outputs[0].consumers()]
         assert len(computes) == 4
         for op in computes:
             assert op.inputs[1].op.name.endswith("/wquant"), op.name
@@ -91,9 +91,12 @@ def test_training_graph_structure(tmp_path):
                 .get_attr("phase") == ops.Phase.TRAIN
         assert graph.get_operation_by_name("dw2/BatchNorm_Fold/weights/wquant/fix") \
             .get_attr("mode") == ops.Mode.DW_WEIGHT
-        # Layer: folded conv -> correction -> bias -> relu -> aquant feeds the next layer.
+        # Layer: folded conv -> unscale -> the batch norm -> relu -> aquant feeds the next layer.
         relu = graph.get_operation_by_name("conv1/Relu")
-        assert relu.inputs[0].op.name == "conv1/BatchNorm_Fold/BiasAdd"
+        assert relu.inputs[0].op.name == "conv1/BatchNorm/FusedBatchNormV3"
+        assert relu.inputs[0].op.inputs[0].op.name == "conv1/BatchNorm_Fold/unscale"
+        assert graph.get_operation_by_name("conv1/BatchNorm_Fold/unscale").inputs[0].op.name \
+            == "conv1/BatchNorm_Fold/conv"
         assert [c.name for c in relu.outputs[0].consumers()] == ["conv1/Relu/aquant/fix"]
         with pytest.raises(QuantizeError, match="already a quantize train graph"):
             decent_q.CreateQuantizeTrainingGraph(config=config(tmp_path))
@@ -262,3 +265,30 @@ def keras_train(tf_keras, build, cfg, tmp_path):
         for _ in range(3):
             sess.run(train_op, {model.input: X, labels: Y})
         tf.compat.v1.train.Saver().save(sess, str(tmp_path / "k" / "model.ckpt"), 3)
+
+
+@pytest.mark.parametrize("net", ["slim_mean", "slim_avgpool", "keras"])
+@pytest.mark.parametrize("freeze_step", [-1, 0, 5])
+def test_training_and_evaluation_graphs_have_the_same_points(net, freeze_step, tmp_path):
+    """The training graph quantizes exactly where the evaluation graph (and so the deployed
+    model) does: the same points, each once, whatever the batch-norm fold's form."""
+    import learning  # pylint: disable=import-outside-toplevel
+    build = learning.keras_net() if net == "keras" else learning.slim_net(net.split("_")[1])
+    points = []
+    for is_training in (True, False):
+        graph = tf.Graph()
+        with graph.as_default():
+            build(is_training)
+            q_config = learning.config(str(tmp_path), fold_bn_freeze_step=freeze_step)
+            if is_training:
+                decent_q.CreateQuantizeTrainingGraph(config=q_config)
+            else:
+                decent_q.CreateQuantizeEvaluationGraph(config=q_config)
+            # Not compared: the slim nets' Dense + batch norm, which is unfused (a rank-2 batch
+            # norm) and so not folded in QAT: its training and evaluation forms differ.
+            points.append(sorted(p for p in ops.histogram_variables(graph)
+                                 if not p.startswith("fc/")))
+    assert points[0] == points[1]
+    # One activation point a layer: none on a folded layer's output before its activation.
+    assert not [p for p in points[0] if p.endswith("BatchNorm_Fold/BiasAdd/aquant")
+                and not p.startswith(("res_b/", "pw2/"))]

@@ -8,42 +8,53 @@ layer next to the original one and moves the batch norm's consumers onto it. Mat
                                                                   moving_mean, moving_var) -> ...
     conv = Conv2D | DepthwiseConv2dNative | Conv2DBackpropInput | MatMul   (NHWC)
 
+Batch norms in unfused form (Keras' BatchNormalization of a rank-2 input, i.e. Dense + batch
+norm, or ``slim.batch_norm(fused=False)``) are not folded here: they train as float ops between
+quantized layers.
+
 Built under ``F = <conv scope>/BatchNorm_Fold`` (the same names in the training and the
-evaluation graph, so one checkpoint serves both)::
+evaluation graph, so one checkpoint serves both), with sigma = sqrt(var + eps)::
 
-    F/scale     = gamma / sqrt(moving_var + eps)
-    F/weights   = W * F/scale                      (per output channel)     -> wquant
-    F/conv      = conv(x, F/weights) [-> F/BatchToSpaceND]
-    F/correction_mul = F/conv * F/correction       (training, batch statistics only)
-    F/BiasAdd   = BiasAdd(.., F/bias)                                       -> aquant
+    F/scale   = gamma / sigma_moving                 (per output channel)
+    F/weights = W * F/scale                                              -> wquant
+    F/conv    = conv(x, F/weights) [-> F/BatchToSpaceND]
+    F/bias    = beta + (b - moving_mean) * F/scale                       -> wquant
+    F/BiasAdd = BiasAdd(F/conv, F/bias)
 
-Inference (evaluation graph, or a batch norm with is_training=False)::
+Inference (evaluation graph, a batch norm with is_training=False, or training after the freeze
+step) computes ``F/BiasAdd``: exactly what the deploy model computes.
 
-    F/bias = beta + (b - moving_mean) * F/scale
+Training with batch statistics runs the conv ONCE, with the quantized folded weights, and lets
+the original batch norm normalise its output (Jacob et al. 2018's one-conv form, as PyTorch's
+QAT ConvBn modules)::
 
-Training with batch statistics (Krishnamoorthi 2018, as tf.contrib.quantize): with
-mu_B, var_B the batch moments of the float conv output and sigma = sqrt(var + eps)::
+    F/unscale = F/conv * (1 / F/scale)    (0 where F/scale == 0: such a channel outputs beta)
+    out       = BatchNorm_train(F/unscale [+ b])       (the original batch-norm op, rewired)
 
-    F/correction = sigma_moving / sigma_B
-    F/bias       = beta - gamma * mu_B / sigma_B        (b cancels: it shifts mu_B as well)
+F/unscale is conv(x, W) up to the weight quantization, so ``out`` is the training batch norm of
+the quantized layer, and the gradient is that of this function, batch statistics included (the
+batch norm's own gradient). Stopping the gradient through the batch mean and variance instead
+(the two-conv form of tf.contrib.quantize with constant statistics) does not learn on nets that
+end in global pooling: there the loss gradient is nearly constant over each channel's positions,
+mostly along the direction the batch mean removes, and only the mean's gradient cancels it.
+The batch norm's moving averages update as before (its batch outputs and UPDATE_OPS are
+untouched); they now track the quantized layer, as in PyTorch.
 
-so ``F/BiasAdd = gamma * (conv(x, W) + b - mean_B(conv + b)) / sigma_B + beta`` -- exactly the
-training-mode batch norm -- while the weights that are quantized are the inference weights.
-mu_B and var_B are the training batch norm's own batch outputs and, as in tf.contrib.quantize,
-the gradient treats them as constants, so the float conv has no backward pass (it halves the
-step-time cost of the fold; see benchmarks/README.md).
-After ``freeze_step`` (global step >= freeze_step) the correction is 1 and the bias is the
-inference bias: the network trains as it will be deployed. freeze_step 0 uses the moving
-statistics from the start (the original vai_q_tensorflow behaviour); -1 never freezes.
+``freeze_step`` (QuantizeConfig.fold_bn_freeze_step): -1 never freezes; k > 0 switches to the
+inference form once the global step reaches k (``F/output = where(frozen, F/BiasAdd, out)``);
+0 uses the inference form from the start (the original vai_q_tensorflow's moving-statistics
+fold) while the batch norm still runs on F/unscale for the moving averages. Batch-norm
+variables keep their names, so float checkpoints restore.
 
-The original conv and batch norm stay in the training graph: they compute the batch statistics
-and feed the moving-average updates (UPDATE_OPS / Keras ``model.updates``) as before. They are
-reported in ``FoldResult.exclude`` so the quantization planner leaves them float.
+The original conv (no consumers left) and the fold's parameter arithmetic are reported in
+``FoldResult.exclude``; each training layer's ops from F/conv to its output are declared in
+``FoldResult.layers`` for the quantization planner (their shape is not the plain
+conv -> bias -> activation chain it matches elsewhere).
 """
 
 import dataclasses
 import logging
-from typing import List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import tensorflow as tf
 
@@ -57,12 +68,31 @@ _VARIABLE_OPS = ("VariableV2", "Variable", "VarHandleOp")
 _ASSIGN_SUB_OPS = ("AssignSub", "AssignSubVariableOp")
 
 
+@dataclasses.dataclass(frozen=True)
+class FoldedLayer:
+    """A training-graph folded layer, declared for the planner.
+
+    ``nodes`` run from ``F/conv`` to ``nodes[-1]``, the op whose output the activation (or the
+    next layer) reads. ``bias_consumer`` is the (op, input index) reading ``F/bias``, or None
+    where the forward pass does not read it (its point is still built: its histogram gives the
+    evaluation graph's bias position). ``output_name`` is the name of the inference form's
+    output op, ``F/BiasAdd``: a layer with no activation after it names its output point after
+    it, as the evaluation graph does, so both graphs have the same points.
+    """
+    nodes: Tuple[str, ...]
+    weights: str
+    bias: str
+    bias_consumer: Optional[Tuple[str, int]]
+    output_name: str
+
+
 @dataclasses.dataclass
 class FoldResult:
     """What the fold built, for the planner and the tests."""
     folded: List[Tuple[str, str]]  # (batch norm op, F scope) pairs, in graph order
     parameters: List[str]          # tensors computed from data the planner treats as parameters
     exclude: List[str]             # ops the planner leaves out of the quantized range
+    layers: Dict[str, FoldedLayer] = dataclasses.field(default_factory=dict)  # by F/conv name
 
 
 @dataclasses.dataclass
@@ -207,43 +237,32 @@ def _global_step(graph):
     return step
 
 
-def _batch_moments(bn, float_out, bias):
-    """Batch mean and (biased) variance of `float_out`, treated as constants by the gradient.
+def _replace_input(op, old, new):
+    for i, t in enumerate(op.inputs):
+        if t is old:
+            op._update_input(i, new)  # pylint: disable=protected-access
 
-    As in tf.contrib.quantize, they are the training batch norm's own batch statistics (it runs
-    anyway, for the moving averages), and no gradient flows through them: the float conv then
-    needs no backward pass, which is most of what the batch-statistics fold costs per step.
-    FusedBatchNorm returns the Bessel-corrected variance (n / (n - 1)); the fold needs the
-    biased one it normalizes with. With ``exponential_avg_factor`` != 1 its outputs are the
-    updated running statistics instead, and the moments are computed here.
-    """
-    try:
-        factor = bn.get_attr("exponential_avg_factor")
-    except ValueError:
-        factor = 1.0
-    if factor != 1.0:
-        axes = list(range(float_out.shape.rank - 1))
-        mean, var = tf.nn.moments(float_out, axes, name="batch_moments")
-        return tf.stop_gradient(mean), tf.stop_gradient(var)
-    mean, var = bn.outputs[1], bn.outputs[2]
-    if bias is not None:  # the batch norm saw conv + b; the fold needs the moments of conv
-        mean = mean - bias
-    count = tf.cast(tf.size(float_out, out_type=tf.int64) // tf.cast(
-        tf.shape(float_out)[-1], tf.int64), var.dtype)
-    var = var * ((count - 1.0) / tf.maximum(count, 1.0))
-    return (tf.stop_gradient(mean, name="batch_mean"),
-            tf.stop_gradient(var, name="batch_variance"))
+
+def _rewire_consumers(tensor, new, skip=()):
+    for consumer in list(tensor.consumers()):
+        if consumer not in skip:
+            _replace_input(consumer, tensor, new)
 
 
 def _fold(graph, m, freeze_step):
-    """Builds the folded layer of match `m`; returns (parameters, created ops' names)."""
+    """Builds the folded layer of match `m`.
+
+    Returns:
+      (scope, parameter tensor names, names of the ops to leave out of the quantized range,
+      FoldedLayer of a training fold or None).
+    """
     bn = m.bn
     spec = registry.COMPUTE_OPS[m.conv.type]
     gamma, beta = bn.inputs[1], bn.inputs[2]
     eps = bn.get_attr("epsilon")
-    batch_stats = bool(bn.get_attr("is_training")) and freeze_step != 0
+    training = bool(bn.get_attr("is_training"))
+    step = _global_step(graph) if training and freeze_step > 0 else None
     before = {op.name for op in graph.get_operations()}
-    step = _global_step(graph) if batch_stats and freeze_step > 0 else None
     scope = _fold_scope(graph, m.conv)
     with graph.as_default(), graph.name_scope(None), graph.name_scope(scope + "/"):
         moving_mean = _moving_statistic(bn, 3)
@@ -253,43 +272,56 @@ def _fold(graph, m, freeze_step):
                               name="weights")
         conv_inputs = list(m.conv.inputs)
         conv_inputs[spec.weight_index] = weights
-        out = _copy_op(m.conv, conv_inputs, name="conv").outputs[0]
-        float_out = m.conv.outputs[0]
+        conv = _copy_op(m.conv, conv_inputs, name="conv").outputs[0]
+        out = conv
         if m.space_to_batch is not None:
             out = _copy_op(m.space_to_batch, [out] + list(m.space_to_batch.inputs[1:]),
                            name="BatchToSpaceND").outputs[0]
-            float_out = m.space_to_batch.outputs[0]
         b = m.bias if m.bias is not None else tf.zeros_like(beta)
-        moving_bias = beta + (b - moving_mean) * scale
-        parameters = []
-        if batch_stats:
-            mean, var = _batch_moments(bn, float_out, m.bias)
-            inv_sigma = tf.math.rsqrt(var + eps)
-            correction = tf.sqrt(moving_var + eps) * inv_sigma
-            batch_bias = beta - gamma * mean * inv_sigma
-            if step is not None:
-                frozen = tf.greater_equal(step, tf.cast(freeze_step, step.dtype), name="frozen")
-                correction = tf.where(frozen, tf.ones_like(correction), correction)
-                batch_bias = tf.where(frozen, moving_bias, batch_bias)
-            correction = tf.identity(correction, name="correction")
-            bias = tf.identity(batch_bias, name="bias")
-            out = tf.multiply(out, correction, name="correction_mul")
-            parameters += [correction.name, bias.name]
+        bias = tf.identity(beta + (b - moving_mean) * scale, name="bias")
+        inference = None
+        if not training or freeze_step >= 0:
+            inference = tf.nn.bias_add(out, bias, name="BiasAdd")
+        if training:
+            # The batch norm reads the unscaled quantized conv (through the original bias op,
+            # whose variable keeps its name).
+            # x * (1 / scale) costs less than x / scale in the backward pass.
+            inverse = tf.math.divide_no_nan(tf.ones_like(scale), scale, name="inverse_scale")
+            unscale = tf.multiply(out, inverse, name="unscale")
+            _replace_input(m.bias_op or bn,
+                           (m.space_to_batch or m.conv).outputs[0], unscale)
+        if not training or freeze_step == 0:
+            result = inference
+        elif step is None:
+            result = bn.outputs[0]
         else:
-            bias = tf.identity(moving_bias, name="bias")
-            parameters.append(bias.name)
-        out = tf.nn.bias_add(out, bias, name="BiasAdd")
-    main_path = {out.op.name, f"{scope}/conv", f"{scope}/BatchToSpaceND",
-                 f"{scope}/correction_mul"}
+            frozen = tf.greater_equal(step, tf.cast(freeze_step, step.dtype), name="frozen")
+            result = tf.where(frozen, inference, bn.outputs[0], name="output")
+            # Frozen statistics stay frozen: the moving-average updates then read the moving
+            # statistics themselves (no change), as PyTorch's freeze_bn.
+            for k, moving in ((1, moving_mean), (2, moving_var)):
+                held = tf.where(frozen, moving, bn.outputs[k], name=f"frozen_statistic_{k}")
+                _rewire_consumers(bn.outputs[k], held, skip=(held.op,))
+    _rewire_consumers(bn.outputs[0], result, skip=(result.op,))
+    original = [op for op in (m.bias_op, bn) if op is not None]
+    if result is inference:
+        main = [conv.op, out.op, inference.op]
+    else:
+        main = [conv.op, out.op, unscale.op] + original
+        if result is not bn.outputs[0]:
+            main += [inference.op, result.op]
+    main = [op.name for op in dict.fromkeys(main)]  # without atrous, out is F/conv
     created = sorted(op.name for op in graph.get_operations()
-                     if op.name not in before and op.name not in main_path)
-    for consumer in list(bn.outputs[0].consumers()):
-        if consumer is out.op:
-            continue
-        for i, t in enumerate(consumer.inputs):
-            if t is bn.outputs[0]:
-                consumer._update_input(i, out)  # pylint: disable=protected-access
-    return scope, parameters, created
+                     if op.name not in before and op.name not in main)
+    dead = [m.conv.name] + [op.name for op in [m.space_to_batch] + original
+                            if op is not None and op.name not in main]
+    layer = None
+    if training:
+        reader = (inference.op.name, 1) if inference is not None and \
+            inference.op.name in main else None
+        layer = FoldedLayer(tuple(main), weights.name, bias.name, reader,
+                            f"{scope}/BiasAdd")
+    return scope, [bias.name], created + dead, layer
 
 
 def find_batch_norms(graph):
@@ -303,8 +335,8 @@ def fold_batch_norms(graph, freeze_step=-1, keep=()):
 
     Args:
       graph: a tf.Graph (training or evaluation phase; each batch norm's is_training decides).
-      freeze_step: global step after which training folds use moving statistics; -1 never,
-        0 always (no batch statistics).
+      freeze_step: global step from which training folds use moving statistics; -1 never,
+        0 always.
       keep: node names that must stay as they are (the user's output nodes): a batch norm in
         `keep` is not folded.
 
@@ -321,9 +353,10 @@ def fold_batch_norms(graph, freeze_step=-1, keep=()):
         if bn.name in keep or (match.bias_op is not None and match.bias_op.name in keep):
             log.warning("batch norm %s is an output node; left unfolded", bn.name)
             continue
-        scope, parameters, created = _fold(graph, match, freeze_step)
+        scope, parameters, exclude, layer = _fold(graph, match, freeze_step)
         result.folded.append((bn.name, scope))
         result.parameters += parameters
-        result.exclude += created + [op.name for op in (match.conv, match.space_to_batch,
-                                                        match.bias_op, bn) if op is not None]
+        result.exclude += exclude
+        if layer is not None:
+            result.layers[layer.nodes[0]] = layer
     return result
