@@ -17,6 +17,8 @@ from decent_q.qat import (CreateQuantizeDeployGraph, CreateQuantizeEvaluationGra
 from decent_q.calibrate import quantize_frozen
 from decent_q.dump import dump as dump_simulation
 from decent_q.inspection import inspect_graph
+from decent_q.python.decent_q import (check_float_graph, deploy_checkpoint, inspect,
+                                      quantize_evaluate, quantize_train)
 from decent_q.version import __version__
 
 load_library()
@@ -35,4 +37,10 @@ __all__ = [
     "quantize_frozen",
     "dump_simulation",
     "inspect_graph",
+    # the original's functional API (decent_q.python.decent_q)
+    "quantize_train",
+    "quantize_evaluate",
+    "deploy_checkpoint",
+    "inspect",
+    "check_float_graph",
 ]
