@@ -18,6 +18,7 @@ before creating the optimizer, e.g.
 ``tf.compat.v1.train.Saver(var_list=decent_q.qat.float_variables())``.
 """
 
+import dataclasses
 import datetime
 import logging
 import os
@@ -27,13 +28,14 @@ import tensorflow as tf
 
 from decent_q import calibrate, ops
 from decent_q import plan as plan_lib
-from decent_q.config import QuantizeConfig
+from decent_q.config import DEFAULTS, QuantizeConfig
 from decent_q.errors import ConfigError, QuantizeError
 from decent_q.graph import utils
 from decent_q.transforms import cleanup
 from decent_q.transforms import finalize as finalize_lib
 from decent_q.transforms import fold_batch_norms_qat
 from decent_q.transforms import inline_functions
+from decent_q.transforms import simulate_dpu
 
 log = logging.getLogger("decent_q")
 
@@ -196,6 +198,11 @@ def _rewrite(graph, config, phase):
     _bypass_identities(graph, config)
     freeze_step = config.fold_bn_freeze_step if phase == ops.Phase.TRAIN else 0
     folded = fold_batch_norms_qat.fold_batch_norms(graph, freeze_step, keep=keep)
+    if config.simulate_dpu:
+        nm = utils.NodeMap(graph.as_graph_def())
+        scope = utils.range_nodes(nm, config.input_nodes, config.output_nodes) - \
+            set(folded.exclude)
+        simulate_dpu.simulate_dpu_in_graph(graph, config, scope)
     plan = plan_lib.plan_quantization(graph.as_graph_def(), config,
                                       parameters=folded.parameters, exclude=folded.exclude)
     if not plan.layers:
@@ -216,6 +223,17 @@ def _rewrite(graph, config, phase):
     return plan
 
 
+# The QuantizeConfig options QAT reads. The rewrites: input_nodes, output_nodes,
+# input_shapes, ignore_nodes, weight_bit, activation_bit, nodes_bit, nodes_method, method,
+# arch_type, simulate_dpu, scale_all_avgpool, fold_bn_freeze_step; the files: output_dir;
+# CreateQuantizeDeployGraph's position passes: align_concat, adjust_shift_cut,
+# adjust_shift_bias. The others are for post-training quantization, dump or the CLI.
+QAT_OPTIONS = ("input_nodes", "output_nodes", "input_shapes", "ignore_nodes", "weight_bit",
+               "activation_bit", "nodes_bit", "nodes_method", "method", "arch_type",
+               "simulate_dpu", "scale_all_avgpool", "fold_bn_freeze_step", "output_dir",
+               "align_concat", "adjust_shift_cut", "adjust_shift_bias")
+
+
 def _check_config(config):
     if config is None:
         raise ConfigError("config is required: pass config=decent_q.QuantizeConfig("
@@ -224,6 +242,12 @@ def _check_config(config):
         raise ConfigError(f"config must be a decent_q.QuantizeConfig, got "
                           f"{type(config).__name__}")
     config.require_nodes()
+    ignored = [f"{field.name}={getattr(config, field.name)!r}"
+               for field in dataclasses.fields(config) if field.name not in QAT_OPTIONS and
+               getattr(config, field.name) != getattr(DEFAULTS, field.name)]
+    if ignored:
+        log.warning("QAT ignores %s (options of post-training quantization / dump)",
+                    ", ".join(ignored))
     return config
 
 
