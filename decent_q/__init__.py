@@ -5,8 +5,15 @@ on TensorFlow 2 in ``tf.compat.v1`` graph mode. Importing decent_q registers the
 """
 
 import _decent_q_contrib
+import _decent_q_entry
 
 _decent_q_contrib.install()
+if _decent_q_entry.running_as_main():
+    # `python -m decent_q`: runpy imports this package before __main__, so the command's quiet
+    # TensorFlow import (as the console script does) and the parsing before it (--help answers
+    # without TensorFlow) have to happen here.
+    _decent_q_entry.exit_if_parsing_ends()
+    _decent_q_entry.import_tensorflow_quietly()
 
 # pylint: disable=wrong-import-position
 from decent_q.config import QuantizeConfig
