@@ -114,7 +114,11 @@ def kept_position(hist):
     """Graph: the kept position of histogram variable `hist` (most frequent, ties to the
     smaller; MIN_POS - 1 if empty), as a tensor. A graph imported from a MetaGraphDef holds
     the variable's tensor in POSITIONS_COLLECTION; that is accepted too."""
-    return _kept_position(hist.value() if isinstance(hist, tf.Variable) else hist)
+    if isinstance(hist, tf.Variable):
+        hist = hist.value()
+    elif hist.dtype == tf.resource:
+        hist = tf.raw_ops.ReadVariableOp(resource=hist, dtype=tf.int32)
+    return _kept_position(hist)
 
 
 def histogram_variables(graph):

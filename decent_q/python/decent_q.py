@@ -28,6 +28,7 @@ import logging
 import os
 
 import tensorflow as tf
+from tensorflow.python.framework import meta_graph as meta_graph_lib  # pylint: disable=no-name-in-module
 
 from decent_q import calibrate
 from decent_q import dump as dump_lib
@@ -153,14 +154,16 @@ def _import_meta(meta_graph_def, what):
     graph = tf.Graph()
     with graph.as_default():
         try:
-            tf.compat.v1.train.import_meta_graph(meta_graph_def, clear_devices=True)
+            # Not train.import_meta_graph: it adds a Saver's ops, which would be exported too.
+            meta_graph_lib.import_scoped_meta_graph(meta_graph_def, clear_devices=True)
         except (ValueError, tf.errors.OpError) as err:
             raise QuantizeError(f"{what}: the MetaGraphDef does not import: {err}") from err
     return graph
 
 
 def _export_meta(graph, q_config, folder):
-    meta = tf.compat.v1.train.export_meta_graph(graph=graph, clear_devices=True)
+    with graph.as_default():
+        meta = tf.compat.v1.train.export_meta_graph(clear_devices=True)
     path = os.path.join(utils.prepare_output_dir(os.path.join(q_config.output_dir, folder)),
                         f"{folder}.ckpt.meta")
     utils.write_atomic(path, meta.SerializeToString(deterministic=True))
