@@ -140,8 +140,8 @@ def quantize_frozen(input_frozen_graph, input_fn, config=None, s_config=None, sk
       input_fn: callable(step) -> {placeholder name: numpy array}, or its import path
         ``"module.function"`` (imported with the current folder on sys.path).
       config: QuantizeConfig; input_nodes, output_nodes and input_shapes are required.
-      s_config: optional tf.compat.v1.ConfigProto used for every session (the float check
-        and calibration); None: from config's gpu and gpu_memory_fraction.
+      s_config: optional tf.compat.v1.ConfigProto for the sessions that run the graph (the
+        float check and calibration); None: from config's gpu and gpu_memory_fraction.
       skip_check: optional 0/1; overrides config.skip_check.
       progress: show a progress bar on stderr during calibration (only if it is a terminal).
 
