@@ -126,18 +126,23 @@ def CreateQuantizeDeployGraph(checkpoint=None, config=None):  # pylint: disable=
     """
     config = _check_config(config)
     graph = tf.compat.v1.get_default_graph()
+    _check_evaluation_graph(graph)
     path = resolve_checkpoint(checkpoint)
     suffix = f"_{checkpoint_step(path)}_{datetime.datetime.now().strftime('%Y%m%d%H%M%S')}"
     return deploy_models(graph, path, config, suffix)
 
 
-def deploy_models(graph, checkpoint, config, suffix=""):
-    """Freezes the evaluation `graph` with `checkpoint` and writes quantize_eval_model{suffix}.pb
-    and deploy_model{suffix}.pb to config.output_dir (see CreateQuantizeDeployGraph)."""
+def _check_evaluation_graph(graph):
     if _phase(graph) != ops.Phase.EVAL:
         raise QuantizeError("the default graph is not a quantize evaluation graph; build the "
                             "float evaluation graph and call CreateQuantizeEvaluationGraph "
                             "before CreateQuantizeDeployGraph")
+
+
+def deploy_models(graph, checkpoint, config, suffix=""):
+    """Freezes the evaluation `graph` with `checkpoint` and writes quantize_eval_model{suffix}.pb
+    and deploy_model{suffix}.pb to config.output_dir (see CreateQuantizeDeployGraph)."""
+    _check_evaluation_graph(graph)
     path = resolve_checkpoint(checkpoint)
     keep = list(config.input_nodes) + [output_alias(graph, n) for n in config.output_nodes]
     frozen = freeze(graph, path, keep)
