@@ -99,3 +99,39 @@ def test_errors(tmp_path, capsys):
         assert message in err, (argv, err)
         assert "Traceback" not in err
     assert not (tmp_path / "frozen.pb").exists()
+
+
+@pytest.mark.parametrize("use_resource, tensorflow_used", [(False, True), (True, False)])
+def test_tensorflow_freeze_graph_is_used_for_ref_variables(tmp_path, monkeypatch, use_resource,
+                                                           tensorflow_used):
+    from tensorflow.python.tools import freeze_graph as tf_freeze  # pylint: disable=import-outside-toplevel,no-name-in-module
+    calls = []
+    real = tf_freeze.freeze_graph_with_def_protos
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs["input_checkpoint"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tf_freeze, "freeze_graph_with_def_protos", spy)
+    graph_path, ckpt, expected = _train_files(tmp_path, use_resource)
+    frozen = freeze.freeze("out", graph_path, ckpt, input_binary=True)
+    assert bool(calls) == tensorflow_used
+    assert not [n for n in frozen.node if n.op in ("VariableV2", "VarHandleOp")]
+    graph = tf.Graph()
+    with graph.as_default():
+        tf.graph_util.import_graph_def(frozen, name="")
+        with tf.compat.v1.Session() as sess:
+            np.testing.assert_allclose(sess.run("out:0", {"input:0": IMAGES}), expected,
+                                       rtol=1e-6)
+
+
+def test_checkpoint_of_another_graph_gets_decent_q_error(tmp_path):
+    graph_path, _, _ = _train_files(tmp_path, use_resource=False)
+    other = tf.Graph()
+    with other.as_default():
+        tf.compat.v1.get_variable("unrelated", [2])
+        with tf.compat.v1.Session() as sess:
+            sess.run(tf.compat.v1.global_variables_initializer())
+            ckpt = tf.compat.v1.train.Saver().save(sess, str(tmp_path / "other" / "m.ckpt"))
+    with pytest.raises(freeze.QuantizeError, match="holds none of the graph's variables"):
+        freeze.freeze("out", graph_path, ckpt, input_binary=True)
