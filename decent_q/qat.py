@@ -7,8 +7,10 @@
                  deploy_model_<suffix>.pb
 
 Both rewrites compose the same passes on the live default graph: batch-norm folding
-(:mod:`decent_q.transforms.fold_batch_norms_qat`), the planner (:mod:`decent_q.plan`) and the
-live applier. Variables keep their float names; the only new variables are the position
+(:mod:`decent_q.transforms.fold_batch_norms_qat`), simulate_dpu with scale_all_avgpool (as in
+post-training quantization, :func:`decent_q.transforms.simulate_dpu.simulate_dpu_in_graph`),
+the planner (:mod:`decent_q.plan`) and the live applier. :data:`QAT_OPTIONS` lists the
+QuantizeConfig options QAT reads. Variables keep their float names; the only new variables are the position
 histograms ``<point>/pos_hist`` (and ``global_step`` when ``fold_bn_freeze_step > 0`` needs one
 and the graph has none). The histograms are saved with every checkpoint, so the positions a
 deployed model uses are the ones its checkpoint learned, whatever process trained it.
@@ -40,6 +42,7 @@ from decent_q.transforms import simulate_dpu
 log = logging.getLogger("decent_q")
 
 TRAIN_GRAPH = "quantize_train_graph.pb"
+_VARIABLE_OPS = ("VariableV2", "Variable", "VarHandleOp")
 _QAT_COLLECTION = "decent_q_qat_phase"  # holds the phase a rewritten graph is in
 # Ops that mean an optimizer already exists (gradients are computed / applied).
 _TRAINING_OP_PREFIXES = ("Apply", "ResourceApply", "SparseApply", "ResourceSparseApply")
@@ -412,14 +415,11 @@ def _needed_variables(graph, keep):
         if op.name in seen:
             continue
         seen.add(op.name)
-        if op.type in ("VariableV2", "Variable", "VarHandleOp"):
+        if op.type in _VARIABLE_OPS:
             found.append(op)
         stack.extend(t.op for t in op.inputs)
         stack.extend(op.control_inputs)
     return sorted(found, key=lambda op: op.name)
-
-
-_VARIABLE_OPS = ("VariableV2", "Variable", "VarHandleOp")
 
 
 def legacy_histogram_names(graph=None):
