@@ -2,9 +2,9 @@
 
 The command line is parsed before TensorFlow is imported, so ``--help``, ``--version`` and usage
 errors answer at once (TensorFlow takes seconds to import). ``decent_q/__init__`` imports
-TensorFlow and loads the kernel, so the parser's modules (cli, config, errors, version: plain
-Python) are loaded under a bare stand-in for the package, which is dropped again before the
-real import.
+TensorFlow and loads the kernel, so the parser's modules (cli, config, errors, version; freeze:
+plain Python at import) are loaded under a bare stand-in for the package, which is dropped
+again before the real import.
 
 TensorFlow 2.21 prints its C++ start-up notes (oneDNN, CUDA probing) to stderr before its log
 settings apply, so TF_CPP_MIN_LOG_LEVEL cannot silence them. The commands import TensorFlow
@@ -42,29 +42,32 @@ def running_as_main():
         argv[argv.index("-m") + 1] == "decent_q"
 
 
-def _light_cli():
-    """decent_q.cli loaded without running decent_q/__init__ (no TensorFlow). When the package
-    is already in sys.modules (imported, or being imported by ``python -m decent_q``), the
-    module is imported from it: cli's own imports need none of the package's names."""
+def _light_module(name):
+    """decent_q.<name> (cli or freeze) loaded without running decent_q/__init__ (no
+    TensorFlow). When the package is already in sys.modules (imported, or being imported by
+    ``python -m decent_q``), the module is imported from it: these modules' own imports need
+    none of the package's names."""
     if "decent_q" in sys.modules:
-        return importlib.import_module("decent_q.cli")
+        return importlib.import_module(f"decent_q.{name}")
     spec = importlib.util.find_spec("decent_q")
     stand_in = types.ModuleType("decent_q")
     stand_in.__path__ = list(spec.submodule_search_locations)
     sys.modules["decent_q"] = stand_in
     try:
-        return importlib.import_module("decent_q.cli")
+        return importlib.import_module(f"decent_q.{name}")
     finally:
         for name in [n for n in sys.modules if n == "decent_q" or n.startswith("decent_q.")]:
             del sys.modules[name]
 
 
-def _parse_only(argv):
+def _parse_only(argv, command="cli"):
     """The exit status if parsing `argv` ends the command (--help, --version, a usage
     error), else None."""
-    cli = _light_cli()
+    module = _light_module(command)
+    if command == "cli":
+        argv = module._negative_values(list(argv))  # pylint: disable=protected-access
     try:
-        cli.build_parser().parse_args(cli._negative_values(list(argv)))  # pylint: disable=protected-access
+        module.build_parser().parse_args(argv)
     except SystemExit as stop:
         return stop.code if isinstance(stop.code, int) else 2
     return None
@@ -87,6 +90,9 @@ def vai_q_tensorflow():
 
 
 def freeze_graph():
+    code = _parse_only(sys.argv[1:], "freeze")
+    if code is not None:
+        return code
     import_tensorflow_quietly()
     from decent_q.freeze import main  # pylint: disable=import-outside-toplevel
     return main()

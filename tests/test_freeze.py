@@ -1,5 +1,9 @@
 """freeze.py: the freeze_graph command (graph + checkpoint, or SavedModel -> frozen graph)."""
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -135,3 +139,18 @@ def test_checkpoint_of_another_graph_gets_decent_q_error(tmp_path):
             ckpt = tf.compat.v1.train.Saver().save(sess, str(tmp_path / "other" / "m.ckpt"))
     with pytest.raises(freeze.QuantizeError, match="holds none of the graph's variables"):
         freeze.freeze("out", graph_path, ckpt, input_binary=True)
+
+
+def test_freeze_graph_help_answers_without_tensorflow():
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    code = ("import sys, _decent_q_entry\n"
+            "sys.argv = ['freeze_graph', '--help']\n"
+            "try:\n"
+            "    code = _decent_q_entry.freeze_graph()\n"
+            "finally:\n"
+            "    print('tensorflow imported:', 'tensorflow' in sys.modules, file=sys.stderr)\n"
+            "sys.exit(code)\n")
+    result = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, PYTHONPATH=root),
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and "--output_node_names" in result.stdout
+    assert "tensorflow imported: False" in result.stderr
