@@ -10,6 +10,7 @@
 """
 
 import collections
+import dataclasses
 import importlib
 import logging
 import os
@@ -67,7 +68,7 @@ def feed_dict(graph, batch, step, input_fn_name="input_fn"):
     return feed
 
 
-def calibrate_positions(graph_def, plan, batches, config, progress=None):
+def calibrate_positions(graph_def, plan, batches, config, progress=None, s_config=None):
     """Runs CALIB FixNeurons on `batches` and returns {point name: kept position}.
 
     Args:
@@ -77,6 +78,7 @@ def calibrate_positions(graph_def, plan, batches, config, progress=None):
         callable input_fn(step) -> dict, called config.calib_iter times.
       config: QuantizeConfig.
       progress: optional callable(step) after each batch.
+      s_config: optional tf.compat.v1.ConfigProto for the session (else from config).
     """
     graph = import_graph(graph_def)
     with graph.as_default():
@@ -88,7 +90,7 @@ def calibrate_positions(graph_def, plan, batches, config, progress=None):
         counts = [built[p.name].op for p in plan.points]
         init = tf.compat.v1.variables_initializer(
             tf.compat.v1.get_collection(ops.POSITIONS_COLLECTION))
-    with tf.compat.v1.Session(graph=graph, config=session_config(config)) as sess:
+    with tf.compat.v1.Session(graph=graph, config=session_config(config, s_config)) as sess:
         sess.run(init)
         for step in range(config.calib_iter):
             batch = batches(step)
@@ -109,8 +111,13 @@ def calibrate_positions(graph_def, plan, batches, config, progress=None):
     return positions
 
 
-def session_config(config):
-    """The session options the CLI's --gpu / --gpu_memory_fraction ask for."""
+def session_config(config, s_config=None):
+    """The session options: the caller's ConfigProto `s_config` if given (a copy), else what
+    the CLI's --gpu / --gpu_memory_fraction ask for."""
+    if s_config is not None:
+        options = tf.compat.v1.ConfigProto()
+        options.CopyFrom(s_config)
+        return options
     options = tf.compat.v1.ConfigProto()
     options.gpu_options.per_process_gpu_memory_fraction = float(config.gpu_memory_fraction)
     options.gpu_options.visible_device_list = str(config.gpu)
@@ -121,14 +128,21 @@ def session_config(config):
 
 # -- post-training quantization of a frozen graph ---------------------------------------------
 
-def quantize_frozen(input_frozen_graph, input_fn, config, progress=True):
+def quantize_frozen(input_frozen_graph, input_fn, config=None, s_config=None, skip_check=None,
+                    progress=True):
     """Post-training quantization: frozen float graph -> quantize_eval_model.pb, deploy_model.pb.
+
+    The first five parameters are in the order of the original's
+    ``quantize_frozen(input_graph_def, input_fn, q_config, s_config, skip_check)``.
 
     Args:
       input_frozen_graph: path of a frozen GraphDef (binary or text), or a GraphDef.
       input_fn: callable(step) -> {placeholder name: numpy array}, or its import path
         ``"module.function"`` (imported with the current folder on sys.path).
       config: QuantizeConfig; input_nodes, output_nodes and input_shapes are required.
+      s_config: optional tf.compat.v1.ConfigProto for the sessions that run the graph (the
+        float check and calibration); None: from config's gpu and gpu_memory_fraction.
+      skip_check: optional 0/1; overrides config.skip_check.
       progress: show a progress bar on stderr during calibration (only if it is a terminal).
 
     Returns:
@@ -141,6 +155,12 @@ def quantize_frozen(input_frozen_graph, input_fn, config, progress=True):
         what to fix.
     """
     start = time.time()
+    if config is None:
+        raise ConfigError("config is required: pass decent_q.QuantizeConfig(input_nodes=[...], "
+                          "output_nodes=[...], input_shapes=[[...]]) as the third argument")
+    s_config = check_session_config(s_config)
+    if skip_check is not None:
+        config = dataclasses.replace(config, skip_check=skip_check)
     config.require_nodes()
     check_output_dir(config.output_dir)
     fn, fn_name = load_input_fn(input_fn)
@@ -152,7 +172,7 @@ def quantize_frozen(input_frozen_graph, input_fn, config, progress=True):
 
     first = call_input_fn(fn, 0, fn_name)
     if not config.skip_check:
-        check_float_model(graph_def, config, first, fn_name)
+        check_float_model(graph_def, config, first, fn_name, s_config)
     float_gd = prepare_float_graph(graph_def, config)
     plan = plan_lib.plan_quantization(float_gd, config)
     if not plan.points:
@@ -168,7 +188,8 @@ def quantize_frozen(input_frozen_graph, input_fn, config, progress=True):
     log.info("calibrating %d FixNeurons on %d batches from %s", len(plan.points),
              config.calib_iter, fn_name)
     try:
-        positions = calibrate_positions(float_gd, plan, batches, config, progress=bar.update)
+        positions = calibrate_positions(float_gd, plan, batches, config, progress=bar.update,
+                                        s_config=s_config)
     finally:
         bar.close()
     eval_gd = plan_lib.apply_to_graph_def(float_gd, plan, positions, arch_type=config.arch_type)
@@ -269,12 +290,22 @@ def _shape_text(shape):
     return ",".join("?" if d < 0 else str(d) for d in shape)
 
 
-def check_float_model(graph_def, config, batch, fn_name):
+def check_session_config(s_config):
+    """s_config if it is None or a ConfigProto; else a ConfigError naming what to pass."""
+    if s_config is None or isinstance(s_config, tf.compat.v1.ConfigProto):
+        return s_config
+    hint = " (progress is a keyword argument: progress=False)" if isinstance(s_config, bool) \
+        else ""
+    raise ConfigError(f"s_config must be a tf.compat.v1.ConfigProto (the session options), got "
+                      f"{type(s_config).__name__}{hint}")
+
+
+def check_float_model(graph_def, config, batch, fn_name, s_config=None):
     """Runs the float graph on one batch; its output nodes must give finite values."""
     graph = import_graph(graph_def)
     feed = feed_dict(graph, batch, 0, fn_name)
     fetches = [graph.get_tensor_by_name(tensor_name(n)) for n in config.output_nodes]
-    with tf.compat.v1.Session(graph=graph, config=session_config(config)) as sess:
+    with tf.compat.v1.Session(graph=graph, config=session_config(config, s_config)) as sess:
         try:
             values = sess.run(fetches, feed)
         except tf.errors.OpError as err:

@@ -75,6 +75,8 @@ class QuantizeConfig:
     gpu_memory_fraction: float = _opt(0.5, "GPU memory fraction to use, in (0, 1]")
 
     def __post_init__(self):
+        for field in dataclasses.fields(self):
+            setattr(self, field.name, _from_text(field, getattr(self, field.name)))
         self.input_nodes = _names(self.input_nodes, "input_nodes")
         self.output_nodes = _names(self.output_nodes, "output_nodes")
         self.ignore_nodes = _names(self.ignore_nodes, "ignore_nodes")
@@ -124,6 +126,24 @@ class QuantizeConfig:
                                      "output_nodes": "output_nodes=['logits']",
                                      "input_shapes": "input_shapes=[[-1, 224, 224, 3]]"}[name])
 
+    def to_string(self) -> bytes:
+        """The original's ``QuantizeConfig.to_string()``: ``name,value,`` pairs as bytes.
+
+        List options come first, once per entry (input_nodes, output_nodes, input_shapes as
+        ``-1*4*4*3``, ignore_nodes, nodes_bit and nodes_method as ``name:value``), then the
+        scalar options weight_bit, activation_bit, method, calib_iter, output_dir,
+        align_concat, adjust_shift_bias, adjust_shift_cut, simulate_dpu, scale_all_avgpool,
+        do_cle and replace_relu6. decent_q's own options are not part of it.
+        """
+        pairs = [("input_nodes", n) for n in self.input_nodes]
+        pairs += [("output_nodes", n) for n in self.output_nodes]
+        pairs += [("input_shapes", "*".join(str(d) for d in s)) for s in self.input_shapes]
+        pairs += [("ignore_nodes", n) for n in self.ignore_nodes]
+        pairs += [("nodes_bit", f"{n}:{b}") for n, b in self.nodes_bit.items()]
+        pairs += [("nodes_method", f"{n}:{m}") for n, m in self.nodes_method.items()]
+        pairs += [(name, getattr(self, name)) for name in _STRING_SCALARS]
+        return "".join(f"{name},{value}," for name, value in pairs).encode()
+
     def bit_width(self, name: str, default: int) -> int:
         """The bit width for node ``name`` (nodes_bit wins over ``default``)."""
         return self.nodes_bit.get(name, default)
@@ -132,6 +152,27 @@ class QuantizeConfig:
         """The method for node ``name`` (nodes_method wins over ``method``)."""
         return self.nodes_method.get(name, self.method)
 
+
+
+# The scalar options of to_string(), in the original's order.
+_STRING_SCALARS = ("weight_bit", "activation_bit", "method", "calib_iter", "output_dir",
+                   "align_concat", "adjust_shift_bias", "adjust_shift_cut", "simulate_dpu",
+                   "scale_all_avgpool", "do_cle", "replace_relu6")
+
+
+def _from_text(field, value):
+    """A numeric option given as text ("1", " 0.5 ": pyxir passes them so) as its number;
+    anything else unchanged (the type check that follows names the option if it is wrong)."""
+    want = type(field.default) if field.default is not dataclasses.MISSING else None
+    if not isinstance(value, str) or want not in (int, float):
+        return value
+    text = value.strip()
+    try:
+        return int(text) if want is int else float(text)
+    except ValueError:
+        kind = "an integer" if want is int else "a number"
+        raise ConfigError(f"{field.name}={value!r} must be {kind}, like the default "
+                          f"{field.default!r}") from None
 
 
 def _names(value, field) -> List[str]:

@@ -11,6 +11,10 @@ With ``dump_float=1`` also ``<node>_float.bin`` (raw float32) and ``<node>_float
 node with a floating-point output. Outputs of constants (weights, biases and their FixNeurons)
 are the same for every batch and are written once, in the first folder. Output ``k > 0`` of a
 node is written as ``<node>_k``. The same inputs give byte-identical files.
+
+``layout="1.4.1"`` writes what the 1.4.1 release's ``decent_q.dump`` wrote (its old callers
+read these paths): batches counted from 0 (``dump_results_0``, ...), integer files without the
+``_int8`` suffix (``N.bin``, ``N.txt``), and the constant outputs in ``dump_results_weights``.
 """
 
 import logging
@@ -29,7 +33,8 @@ log = logging.getLogger("decent_q")
 
 
 def dump(input_frozen_graph, input_fn, max_dump_batches=1, dump_float=0,
-         output_dir="./quantize_results", dump_input_tensors="", config=None):
+         output_dir="./quantize_results", dump_input_tensors="", config=None,
+         session_config=None, layout="guide"):
     """Runs a quantize_eval_model on `max_dump_batches` batches and writes the dump folders.
 
     Args:
@@ -42,6 +47,9 @@ def dump(input_frozen_graph, input_fn, max_dump_batches=1, dump_float=0,
         placeholders (e.g. the output of an in-graph data pipeline); each is replaced by a
         placeholder of the same name, dtype and shape.
       config: optional QuantizeConfig for the session options (gpu, gpu_memory_fraction).
+      session_config: optional tf.compat.v1.ConfigProto for the session (wins over config).
+      layout: "guide" (the guide's file names, the default) or "1.4.1" (the old release's
+        file names; see the module docstring).
 
     Returns:
       The list of folders written.
@@ -49,6 +57,9 @@ def dump(input_frozen_graph, input_fn, max_dump_batches=1, dump_float=0,
     Raises:
       QuantizeError: the graph, input_fn or its data is wrong.
     """
+    if layout not in _LAYOUTS:
+        raise ValueError(f"layout={layout!r}; use one of {', '.join(_LAYOUTS)}")
+    legacy = layout == "1.4.1"
     if not isinstance(max_dump_batches, int) or max_dump_batches <= 0:
         from decent_q.errors import ConfigError  # pylint: disable=import-outside-toplevel
         raise ConfigError(f"max_dump_batches={max_dump_batches!r} must be a positive integer")
@@ -73,7 +84,8 @@ def dump(input_frozen_graph, input_fn, max_dump_batches=1, dump_float=0,
                     stem = _stem(op.name) + (f"_{k}" if k else "")
                     fetches[f"{stem}_float"] = (tensor, "float", None)
     stems = sorted(fetches)
-    session_config = calibrate.session_config(config) if config is not None else None
+    if session_config is None and config is not None:
+        session_config = calibrate.session_config(config)
     folders = []
     with tf.compat.v1.Session(graph=graph, config=session_config) as sess:
         for step in range(max_dump_batches):
@@ -86,17 +98,25 @@ def dump(input_frozen_graph, input_fn, max_dump_batches=1, dump_float=0,
             except tf.errors.OpError as err:
                 raise QuantizeError(f"running the graph on {fn_name}({step}) failed: "
                                     f"{err.message.strip().splitlines()[0]}") from err
-            folder = os.path.join(output_dir, f"dump_results_{step + 1}")
-            utils.prepare_output_dir(folder)
+            folder = os.path.join(output_dir, f"dump_results_{step + (0 if legacy else 1)}")
+            weights_folder = os.path.join(output_dir, "dump_results_weights") if legacy \
+                else folder
+            for path in sorted({folder, weights_folder}):
+                utils.prepare_output_dir(path)
             for stem, value in zip(wanted, values):
                 _, kind, fix = fetches[stem]
+                where = weights_folder if node_name(fetches[stem][0].name) in constant \
+                    else folder
                 if kind == "int":
-                    _write_int(folder, stem, value, fix)
+                    _write_int(where, stem, value, fix, suffix=not legacy)
                 else:
-                    _write(folder, stem, np.asarray(value, np.float32), "%.9g")
+                    _write(where, stem, np.asarray(value, np.float32), "%.9g")
             folders.append(folder)
             log.info("dumped batch %d to %s (%d tensors)", step + 1, folder, len(wanted))
     return folders
+
+
+_LAYOUTS = ("guide", "1.4.1")
 
 
 def replace_by_placeholders(graph_def, tensors):
@@ -169,13 +189,14 @@ def _stem(name):
     return name.replace("/", "_").replace(":", "_")
 
 
-def _write_int(folder, stem, value, fix):
+def _write_int(folder, stem, value, fix, suffix=True):
     bits = quantized.bit_width(fix)
     pos = quantized.position(fix)
-    dtype, suffix = (np.int8, "int8") if bits <= 8 else (np.int16, "int16")
+    dtype, kind = (np.int8, "int8") if bits <= 8 else (np.int16, "int16")
     ints = np.rint(np.asarray(value, np.float64) * 2.0 ** pos)
     lo, hi = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
-    _write(folder, f"{stem}_{suffix}", np.clip(ints, lo, hi).astype(dtype), "%d")
+    _write(folder, f"{stem}_{kind}" if suffix else stem,
+           np.clip(ints, lo, hi).astype(dtype), "%d")
 
 
 def _write(folder, stem, array, fmt):

@@ -8,10 +8,16 @@ takes the same flags::
     freeze_graph --input_saved_model_dir export/ --saved_model_tags serve \\
         --output_graph frozen_graph.pb --output_node_names logits
 
-The checkpoint's values are assigned to the imported graph's variables (ref or resource) with
-``tf.compat.v1`` and the variables are
-replaced by constants (``convert_variables_to_constants``). SavedModels must be TF1-style
-(graph + variables, as ``tf.compat.v1.saved_model`` writes them).
+A graph + checkpoint whose variables are all ref variables (TF1's default) is frozen by
+TensorFlow's own ``tensorflow.python.tools.freeze_graph`` (still shipped as a library in
+TensorFlow 2), after decent_q has checked the files, the output nodes and that the checkpoint
+belongs to the graph, so mistakes get decent_q's messages. Resource variables (TF2 behaviour,
+Keras) are restored by decent_q itself: TensorFlow's function builds a ``Saver`` from the
+graph's ``<variable>:0`` tensors, which for a resource variable is its handle, and the restore
+then fails with "Could not find variable". decent_q assigns the checkpoint's values to the
+imported graph's variables (ref or resource) and replaces them by constants
+(``convert_variables_to_constants``). SavedModels must be TF1-style (graph + variables, as
+``tf.compat.v1.saved_model`` writes them).
 """
 
 import argparse
@@ -96,6 +102,9 @@ def freeze(output_node_names, input_graph="", input_checkpoint="", input_binary=
                     node.device = ""
             checkpoint = _checkpoint_path(input_checkpoint)
             utils.check_nodes_exist(utils.NodeMap(graph_def), outputs, "output node")
+            _check_checkpoint_matches(graph_def, checkpoint)
+            if not any(n.op == "VarHandleOp" for n in graph_def.node):
+                return _freeze_with_tensorflow(graph_def, checkpoint, outputs)
             tf.graph_util.import_graph_def(graph_def, name="")
             _restore(sess, graph, checkpoint)
             graph_def = graph.as_graph_def()
@@ -109,14 +118,42 @@ def freeze(output_node_names, input_graph="", input_checkpoint="", input_binary=
     return frozen
 
 
-def _restore(sess, graph, checkpoint):
-    """Assigns the checkpoint's values to the graph's variables (ref and resource)."""
+def _reader(checkpoint):
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
     try:
-        reader = tf.compat.v1.train.NewCheckpointReader(checkpoint)
+        return tf.compat.v1.train.NewCheckpointReader(checkpoint)
     except (tf.errors.OpError, ValueError) as err:
         raise QuantizeError(f"cannot read checkpoint {checkpoint}: "
                             f"{str(err).strip().splitlines()[0]}") from err
+
+
+def _check_checkpoint_matches(graph_def, checkpoint):
+    """Raises QuantizeError if the checkpoint holds none of the graph's variables."""
+    stored = set(_reader(checkpoint).get_variable_to_shape_map())
+    names = {n.name for n in graph_def.node if n.op in ("VariableV2", "Variable", "VarHandleOp")}
+    if names and not names & stored:
+        raise QuantizeError(f"checkpoint {checkpoint} holds none of the graph's variables; "
+                            "is it the checkpoint of this graph?")
+
+
+def _freeze_with_tensorflow(graph_def, checkpoint, outputs):
+    """TensorFlow's freeze_graph on a graph of ref variables (see the module docstring)."""
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    from tensorflow.python.tools import freeze_graph as tf_freeze  # pylint: disable=import-outside-toplevel,no-name-in-module
+    try:
+        return tf_freeze.freeze_graph_with_def_protos(
+            input_graph_def=graph_def, input_saver_def=None, input_checkpoint=checkpoint,
+            output_node_names=",".join(outputs), restore_op_name="", filename_tensor_name="",
+            output_graph="", clear_devices=False, initializer_nodes="")
+    except (tf.errors.OpError, ValueError, TypeError, AssertionError) as err:
+        raise QuantizeError(f"freezing failed: {str(err).strip().splitlines()[0]}; are "
+                            "all variables in the checkpoint?") from err
+
+
+def _restore(sess, graph, checkpoint):
+    """Assigns the checkpoint's values to the graph's variables (ref and resource)."""
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    reader = _reader(checkpoint)
     assigns = []
     with graph.as_default():
         for key in sorted(reader.get_variable_to_shape_map()):

@@ -110,6 +110,17 @@ def _kept_position(hist):
     return tf.where(best > 0, first + MIN_POS, MIN_POS - 1)
 
 
+def kept_position(hist):
+    """Graph: the kept position of histogram variable `hist` (most frequent, ties to the
+    smaller; MIN_POS - 1 if empty), as a tensor. A graph imported from a MetaGraphDef holds
+    the variable's tensor in POSITIONS_COLLECTION; that is accepted too."""
+    if isinstance(hist, tf.Variable):
+        hist = hist.value()
+    elif hist.dtype == tf.resource:
+        hist = tf.raw_ops.ReadVariableOp(resource=hist, dtype=tf.int32)
+    return _kept_position(hist)
+
+
 def histogram_variables(graph):
     """{point name: its pos_hist variable} of a live graph (ref or resource variables)."""
     suffix = "/" + HIST_SUFFIX

@@ -86,13 +86,19 @@ def point_name(tensor, suffix):
 
 
 def _weight_base(node_map, tensor):
-    """The tensor a weight is named after: a variable read is named by its variable."""
+    """The variable behind a weight tensor read through ``w/read`` or a ReadVariableOp (so
+    nodes_bit / nodes_method may name the variable); else the tensor itself."""
     producer = node_map.producer(tensor)
     if producer is not None and producer.op in _READ_OPS and producer.input:
         source = node_map.producer(producer.input[0])
         if source is not None and source.op in registry.PARAMETER_OPS:
             return tensor_name(source.name)
     return tensor_name(tensor)
+
+
+def _first_named(table, names, default):
+    """The first of `names` that `table` (nodes_bit / nodes_method) has, else `default`."""
+    return next((n for n in names if n in table), default)
 
 
 class _Finder:
@@ -271,20 +277,28 @@ class _Finder:
                                            cfg.method_for(producer_name))
         weight_point = bias_point = None
         if not ignored:
+            # A weight point is named after the tensor the compute op reads, as in the original:
+            # a ref variable w read through w/read gives w/read/wquant, a resource variable
+            # the name of its ReadVariableOp. (Frozen graphs have no reads left after clean-up.)
             wbase = _weight_base(self.nm, weight)
-            key = node_name(wbase) if node_name(wbase) in cfg.nodes_bit else conv.name
-            mkey = node_name(wbase) if node_name(wbase) in cfg.nodes_method else conv.name
+            key = _first_named(cfg.nodes_bit, (node_name(weight), node_name(wbase)), conv.name)
+            mkey = _first_named(cfg.nodes_method, (node_name(weight), node_name(wbase)),
+                                conv.name)
             weight_point = self.add(weight, "weight", spec.mode,
                                     cfg.bit_width(key, cfg.weight_bit), cfg.method_for(mkey),
                                     consumers=((conv.name, spec.weight_index),),
-                                    name=point_name(wbase, "wquant"))
+                                    name=point_name(weight, "wquant"))
             if bias is not None:
                 bbase = _weight_base(self.nm, bias)
+                bkey = _first_named(cfg.nodes_bit, (node_name(bias), node_name(bbase)),
+                                    node_name(bbase))
+                bmkey = _first_named(cfg.nodes_method, (node_name(bias), node_name(bbase)),
+                                     node_name(bbase))
                 bias_point = self.add(bias, "bias", Mode.WEIGHT,
-                                      cfg.bit_width(node_name(bbase), cfg.weight_bit),
-                                      cfg.method_for(node_name(bbase)),
+                                      cfg.bit_width(bkey, cfg.weight_bit),
+                                      cfg.method_for(bmkey),
                                       consumers=self.bias_consumers(conv, nodes, bias),
-                                      name=point_name(bbase, "wquant"))
+                                      name=point_name(bias, "wquant"))
         output_name = None
         if declared is not None and last == declared.nodes[-1]:
             # No activation: named as the evaluation graph's point on F/BiasAdd.

@@ -7,8 +7,10 @@
                  deploy_model_<suffix>.pb
 
 Both rewrites compose the same passes on the live default graph: batch-norm folding
-(:mod:`decent_q.transforms.fold_batch_norms_qat`), the planner (:mod:`decent_q.plan`) and the
-live applier. Variables keep their float names; the only new variables are the position
+(:mod:`decent_q.transforms.fold_batch_norms_qat`), simulate_dpu with scale_all_avgpool (as in
+post-training quantization, :func:`decent_q.transforms.simulate_dpu.simulate_dpu_in_graph`),
+the planner (:mod:`decent_q.plan`) and the live applier. :data:`QAT_OPTIONS` lists the
+QuantizeConfig options QAT reads. Variables keep their float names; the only new variables are the position
 histograms ``<point>/pos_hist`` (and ``global_step`` when ``fold_bn_freeze_step > 0`` needs one
 and the graph has none). The histograms are saved with every checkpoint, so the positions a
 deployed model uses are the ones its checkpoint learned, whatever process trained it.
@@ -18,6 +20,7 @@ before creating the optimizer, e.g.
 ``tf.compat.v1.train.Saver(var_list=decent_q.qat.float_variables())``.
 """
 
+import dataclasses
 import datetime
 import logging
 import os
@@ -27,17 +30,19 @@ import tensorflow as tf
 
 from decent_q import calibrate, ops
 from decent_q import plan as plan_lib
-from decent_q.config import QuantizeConfig
+from decent_q.config import DEFAULTS, QuantizeConfig
 from decent_q.errors import ConfigError, QuantizeError
 from decent_q.graph import utils
 from decent_q.transforms import cleanup
 from decent_q.transforms import finalize as finalize_lib
 from decent_q.transforms import fold_batch_norms_qat
 from decent_q.transforms import inline_functions
+from decent_q.transforms import simulate_dpu
 
 log = logging.getLogger("decent_q")
 
 TRAIN_GRAPH = "quantize_train_graph.pb"
+_VARIABLE_OPS = ("VariableV2", "Variable", "VarHandleOp")
 _QAT_COLLECTION = "decent_q_qat_phase"  # holds the phase a rewritten graph is in
 # Ops that mean an optimizer already exists (gradients are computed / applied).
 _TRAINING_OP_PREFIXES = ("Apply", "ResourceApply", "SparseApply", "ResourceSparseApply")
@@ -125,17 +130,62 @@ def CreateQuantizeDeployGraph(checkpoint=None, config=None):  # pylint: disable=
     """
     config = _check_config(config)
     graph = tf.compat.v1.get_default_graph()
+    _check_evaluation_graph(graph)
+    path = resolve_checkpoint(checkpoint)
+    suffix = f"_{checkpoint_step(path)}_{datetime.datetime.now().strftime('%Y%m%d%H%M%S')}"
+    return deploy_models(graph, path, config, suffix)
+
+
+def _check_evaluation_graph(graph):
     if _phase(graph) != ops.Phase.EVAL:
         raise QuantizeError("the default graph is not a quantize evaluation graph; build the "
                             "float evaluation graph and call CreateQuantizeEvaluationGraph "
                             "before CreateQuantizeDeployGraph")
+
+
+def deploy_models(graph, checkpoint, config, suffix=""):
+    """Freezes the evaluation `graph` with `checkpoint` and writes quantize_eval_model{suffix}.pb
+    and deploy_model{suffix}.pb to config.output_dir (see CreateQuantizeDeployGraph)."""
+    _check_evaluation_graph(graph)
     path = resolve_checkpoint(checkpoint)
     keep = list(config.input_nodes) + [output_alias(graph, n) for n in config.output_nodes]
     frozen = freeze(graph, path, keep)
     eval_gd = finalize_lib.finalize(frozen, keep)
     eval_gd = set_input_placeholders(eval_gd, config)
-    suffix = f"_{checkpoint_step(path)}_{datetime.datetime.now().strftime('%Y%m%d%H%M%S')}"
     return calibrate.write_models(eval_gd, config, suffix=suffix)
+
+
+def switch_to_evaluation(graph):
+    """Turns a QAT training graph into an evaluation graph in place: every TRAIN point becomes
+    an EVAL point that reads its position from its ``pos_hist`` variable (what the original's
+    ``quantize_evaluate`` did to a quantize train graph).
+
+    Raises:
+      QuantizeError: the graph has no points, or batch norms in training mode (their folding
+        uses batch statistics; build the float evaluation graph and call
+        CreateQuantizeEvaluationGraph instead).
+    """
+    hists = ops.histogram_variables(graph)
+    if not hists:
+        raise QuantizeError("the graph has no decent_q quantization points; give the graph "
+                            "CreateQuantizeTrainingGraph (or quantize_train) made")
+    for op in graph.get_operations():
+        if op.type.startswith("FusedBatchNorm") and op.get_attr("is_training"):
+            raise QuantizeError(
+                f"the training graph has a batch norm in training mode ({op.name}), which an "
+                "evaluation graph cannot reuse; build the float evaluation graph "
+                "(is_training=False) and call CreateQuantizeEvaluationGraph instead")
+    for point, hist in sorted(hists.items()):
+        fix = graph.get_operation_by_name(f"{point}/fix")
+        if fix.get_attr("phase") == ops.Phase.EVAL:
+            continue
+        with graph.as_default(), graph.name_scope(f"{point}/eval_pos/"):
+            pos = ops.kept_position(hist)
+        fix._update_input(1, pos)  # pylint: disable=protected-access
+        fix._set_attr("phase", tf.compat.v1.AttrValue(i=int(ops.Phase.EVAL)))  # pylint: disable=protected-access
+        graph.get_operation_by_name(point)._remove_all_control_inputs()  # pylint: disable=protected-access
+    graph.clear_collection(_QAT_COLLECTION)
+    graph.add_to_collection(_QAT_COLLECTION, int(ops.Phase.EVAL))
 
 
 def float_variables(graph=None):
@@ -157,6 +207,11 @@ def _rewrite(graph, config, phase):
     _bypass_identities(graph, config)
     freeze_step = config.fold_bn_freeze_step if phase == ops.Phase.TRAIN else 0
     folded = fold_batch_norms_qat.fold_batch_norms(graph, freeze_step, keep=keep)
+    if config.simulate_dpu:
+        nm = utils.NodeMap(graph.as_graph_def())
+        scope = utils.range_nodes(nm, config.input_nodes, config.output_nodes) - \
+            set(folded.exclude)
+        simulate_dpu.simulate_dpu_in_graph(graph, config, scope)
     plan = plan_lib.plan_quantization(graph.as_graph_def(), config,
                                       parameters=folded.parameters, exclude=folded.exclude,
                                       layers=folded.layers)
@@ -178,6 +233,17 @@ def _rewrite(graph, config, phase):
     return plan
 
 
+# The QuantizeConfig options QAT reads. The rewrites: input_nodes, output_nodes,
+# input_shapes, ignore_nodes, weight_bit, activation_bit, nodes_bit, nodes_method, method,
+# arch_type, simulate_dpu, scale_all_avgpool, fold_bn_freeze_step; the files: output_dir;
+# CreateQuantizeDeployGraph's position passes: align_concat, adjust_shift_cut,
+# adjust_shift_bias. The others are for post-training quantization, dump or the CLI.
+QAT_OPTIONS = ("input_nodes", "output_nodes", "input_shapes", "ignore_nodes", "weight_bit",
+               "activation_bit", "nodes_bit", "nodes_method", "method", "arch_type",
+               "simulate_dpu", "scale_all_avgpool", "fold_bn_freeze_step", "output_dir",
+               "align_concat", "adjust_shift_cut", "adjust_shift_bias")
+
+
 def _check_config(config):
     if config is None:
         raise ConfigError("config is required: pass config=decent_q.QuantizeConfig("
@@ -186,12 +252,24 @@ def _check_config(config):
         raise ConfigError(f"config must be a decent_q.QuantizeConfig, got "
                           f"{type(config).__name__}")
     config.require_nodes()
+    ignored = [f"{field.name}={getattr(config, field.name)!r}"
+               for field in dataclasses.fields(config) if field.name not in QAT_OPTIONS and
+               getattr(config, field.name) != getattr(DEFAULTS, field.name)]
+    if ignored:
+        log.warning("QAT ignores %s (options of post-training quantization / dump)",
+                    ", ".join(ignored))
     return config
 
 
 def _phase(graph):
+    """The phase of a rewritten graph, from its collection or (a graph imported from a
+    MetaGraphDef, which does not keep the collection) from its points; None if not one."""
     phases = graph.get_collection(_QAT_COLLECTION)
-    return ops.Phase(phases[-1]) if phases else None
+    if phases:
+        return ops.Phase(phases[-1])
+    found = {op.get_attr("phase") for op in graph.get_operations()
+             if op.type == "FixNeuronDynamic"}
+    return ops.Phase(found.pop()) if len(found) == 1 else None
 
 
 def _check_not_rewritten(graph):
@@ -339,17 +417,102 @@ def _needed_variables(graph, keep):
         if op.name in seen:
             continue
         seen.add(op.name)
-        if op.type in ("VariableV2", "Variable", "VarHandleOp"):
+        if op.type in _VARIABLE_OPS:
             found.append(op)
         stack.extend(t.op for t in op.inputs)
         stack.extend(op.control_inputs)
     return sorted(found, key=lambda op: op.name)
 
 
+def legacy_histogram_names(graph=None):
+    """{pos_hist variable name: the name decent_q 0.1 gave it} for the weight points whose name
+    changed: 0.1 named a point on a variable read after the variable (``w/wquant``); points are
+    now named after the tensor the compute op reads, as in the original (``w/read/wquant``;
+    resource variables: the ReadVariableOp's name)."""
+    graph = graph or tf.compat.v1.get_default_graph()
+    names = {}
+    for point, hist in sorted(ops.histogram_variables(graph).items()):
+        if not point.endswith("/wquant"):
+            continue
+        try:
+            read = graph.get_operation_by_name(f"{point}/fix").inputs[0].op
+        except KeyError:
+            continue
+        if read.type in ("Identity", "ReadVariableOp") and read.inputs and \
+                read.inputs[0].op.type in _VARIABLE_OPS:
+            old = f"{read.inputs[0].op.name}/wquant/{ops.HIST_SUFFIX}"
+            if old != hist.op.name:
+                names[hist.op.name] = old
+    return names
+
+
+def checkpoint_var_list(checkpoint, graph=None, var_list=None):
+    """{name in `checkpoint`: variable} for restoring a checkpoint into a QAT graph, reading a
+    position histogram under its decent_q 0.1 name (``w/wquant/pos_hist``) where the checkpoint
+    has only that one.
+
+    Use it to resume training from (or evaluate) a checkpoint written before points were named
+    as in the original::
+
+        saver = tf.compat.v1.train.Saver(var_list=decent_q.qat.checkpoint_var_list(ckpt))
+        saver.restore(sess, ckpt)
+
+    (:func:`convert_checkpoint` writes a copy with today's names instead.)
+
+    Args:
+      checkpoint: a checkpoint prefix or folder.
+      graph: the QAT graph (default: the default graph).
+      var_list: the variables to restore (default: the graph's global variables).
+    """
+    graph = graph or tf.compat.v1.get_default_graph()
+    path = resolve_checkpoint(checkpoint)
+    stored = dict(tf.train.list_variables(path))
+    legacy = legacy_histogram_names(graph)
+    if var_list is None:
+        var_list = graph.get_collection(tf.compat.v1.GraphKeys.GLOBAL_VARIABLES)
+    mapping = {}
+    for var in var_list:
+        name = var.op.name
+        if name not in stored and legacy.get(name) in stored:
+            name = legacy[name]
+        mapping[name] = var
+    return mapping
+
+
+def convert_checkpoint(checkpoint, output_prefix, graph=None):
+    """Writes `checkpoint` again at `output_prefix` with today's position-histogram names
+    (see :func:`checkpoint_var_list`), for Savers that restore by name.
+
+    Args:
+      checkpoint: a checkpoint prefix or folder written with decent_q 0.1 point names.
+      output_prefix: the new checkpoint prefix.
+      graph: the QAT training or evaluation graph of the same model (default: default graph).
+
+    Returns:
+      The prefix written.
+    """
+    graph = graph or tf.compat.v1.get_default_graph()
+    path = resolve_checkpoint(checkpoint)
+    stored = dict(tf.train.list_variables(path))
+    mapping = {name: var for name, var in checkpoint_var_list(path, graph).items()
+               if name in stored}
+    with tf.compat.v1.Session(graph=graph) as sess:
+        tf.compat.v1.train.Saver(var_list=mapping).restore(sess, path)
+        saver = tf.compat.v1.train.Saver(var_list={v.op.name: v for v in mapping.values()})
+        return saver.save(sess, output_prefix, write_meta_graph=False)
+
+
 def freeze(graph, checkpoint, keep):
-    """Restores the variables `keep` needs from `checkpoint` and freezes them into constants."""
+    """Restores the variables `keep` needs from `checkpoint` and freezes them into constants.
+
+    Position histograms stored under their decent_q 0.1 names (``w/wquant/pos_hist``) are read
+    from there."""
     needed = _needed_variables(graph, keep)
     stored = dict(tf.train.list_variables(checkpoint))
+    legacy = legacy_histogram_names(graph)
+    stored_as = {op.name: (legacy[op.name] if op.name not in stored and
+                           legacy.get(op.name) in stored else op.name) for op in needed}
+    stored.update({name: stored[old] for name, old in stored_as.items() if old in stored})
     missing = [op.name for op in needed if op.name not in stored]
     if missing:
         shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5
@@ -365,7 +528,7 @@ def freeze(graph, checkpoint, keep):
             raise QuantizeError(f"checkpoint {checkpoint} does not match the evaluation graph: "
                                 f"variable {op.name} has shape {list(stored[op.name])} there "
                                 f"and {tf.TensorShape(shape).as_list()} in the graph")
-    var_list = {name: by_name[name] for name in sorted(by_name) if
+    var_list = {stored_as[name]: by_name[name] for name in sorted(by_name) if
                 name in {op.name for op in needed}}
     with tf.compat.v1.Session(graph=graph) as sess:
         if var_list:

@@ -239,3 +239,34 @@ def test_user_frame_points_at_user_code(tmp_path, monkeypatch):
     assert "frame_mod.f(3) raised at" in str(info.value)
     assert "frame_mod.py:3 in helper" in str(info.value)
     assert str(info.value).endswith("ValueError: no images in /data")
+
+
+def test_session_config_is_the_fourth_argument(tmp_path, monkeypatch):
+    """quantize_frozen(graph, input_fn, config, s_config): every session uses s_config."""
+    seen = []
+    real = tf.compat.v1.Session
+
+    def session(*args, **kwargs):
+        seen.append(kwargs.get("config"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(calibrate.tf.compat.v1, "Session", session)
+    s_config = tf.compat.v1.ConfigProto(intra_op_parallelism_threads=3)
+    cfg = helpers.config(output_dir=str(tmp_path), calib_iter=2)
+    paths = calibrate.quantize_frozen(helpers.small_cnn(), helpers.input_fn, cfg, s_config)
+    assert os.path.exists(paths["deploy_model"])
+    # The sessions that run the graph (the float check, calibration) use it; the passes'
+    # constant folding runs small sessions of its own.
+    ours = [c.intra_op_parallelism_threads for c in seen if c is not None]
+    assert ours == [3, 3]
+    # Keyword callers keep working; a bool where s_config goes says what is meant.
+    calibrate.quantize_frozen(helpers.small_cnn(), helpers.input_fn, config=cfg, progress=False)
+    with pytest.raises(ConfigError, match="progress is a keyword argument"):
+        calibrate.quantize_frozen(helpers.small_cnn(), helpers.input_fn, cfg, False)
+
+
+def test_skip_check_argument(tmp_path):
+    cfg = helpers.config(output_nodes=["out"], output_dir=str(tmp_path), calib_iter=1)
+    with pytest.raises(QuantizeError, match="NaN or Inf"):
+        calibrate.quantize_frozen(_nan_graph(), helpers.input_fn, cfg, None, 0)
+    calibrate.quantize_frozen(_nan_graph(), helpers.input_fn, cfg, None, 1)

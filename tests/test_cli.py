@@ -5,6 +5,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -216,3 +217,60 @@ def test_eval_model_runs_in_a_fresh_process(digits, importer):
     if importer.startswith("from tensorflow.contrib"):
         code = "import _decent_q_contrib; _decent_q_contrib.install()\n" + code
     assert "shape (2, 10)" in _run(["-c", code], digits).stdout
+
+
+def _fresh(code, *args, **kwargs):
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    env.pop("TF_CPP_MIN_LOG_LEVEL", None)  # the command must mute TensorFlow by itself
+    return subprocess.run([sys.executable, *args] + (["-c", code] if code else []), env=env,
+                          capture_output=True, text=True, timeout=120, **kwargs)
+
+
+HELP = ("import sys, time, _decent_q_entry\n"
+        "sys.argv = ['vai_q_tensorflow'] + sys.argv[1:]\n"
+        "start = time.time()\n"
+        "try:\n"
+        "    code = _decent_q_entry.vai_q_tensorflow()\n"
+        "finally:\n"
+        "    print('tensorflow imported:', 'tensorflow' in sys.modules, file=sys.stderr)\n"
+        "print('seconds:', time.time() - start, file=sys.stderr)\n"
+        "sys.exit(code)\n")
+
+
+@pytest.mark.parametrize("args, code", [(["--help"], 0), (["quantize", "--help"], 0),
+                                        (["--version"], 0), (["quantize", "--bogus"], 2)])
+def test_help_version_and_usage_errors_answer_without_tensorflow(args, code):
+    result = _fresh(None, "-c", HELP, *args)
+    assert result.returncode == code, result.stderr[-2000:]
+    assert "tensorflow imported: False" in result.stderr
+    assert float(re.search(r"seconds: (\S+)", result.stderr).group(1)) < 1.0
+    if args[-1] == "--help":
+        assert "--input_frozen_graph" in result.stdout or "quantize" in result.stdout
+
+
+def test_console_script_help_is_fast():
+    script = shutil.which("vai_q_tensorflow", path=os.path.dirname(sys.executable))
+    if script is None:
+        pytest.skip("no vai_q_tensorflow console script next to this interpreter")
+    installed = subprocess.run([sys.executable, "-c", "import _decent_q_entry; "
+                                "print(_decent_q_entry.__file__)"], capture_output=True,
+                               text=True, timeout=60, cwd="/").stdout.strip()
+    with open(installed) as a, open(os.path.join(ROOT, "_decent_q_entry.py")) as b:
+        if a.read() != b.read():
+            pytest.skip(f"the installed decent_q ({installed}) is not this checkout")
+    start = time.time()
+    result = subprocess.run([script, "--help"], capture_output=True, text=True, timeout=60)
+    seconds = time.time() - start
+    assert result.returncode == 0 and "quantize" in result.stdout
+    assert seconds < 1.0, f"vai_q_tensorflow --help took {seconds:.2f} s"
+
+
+def test_python_m_decent_q_works_like_the_command(workdir):
+    result = _fresh(None, "-m", "decent_q", "--version", cwd=workdir)
+    assert result.returncode == 0 and __version__ in result.stdout + result.stderr
+    result = _fresh(None, "-m", "decent_q", "inspect", "--input_frozen_graph", "frozen.pb",
+                    cwd=workdir)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "Conv2D" in result.stdout
+    for noise in ("oneDNN", "cudart_stub", "absl::InitializeLog"):
+        assert noise not in result.stderr

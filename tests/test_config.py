@@ -89,3 +89,25 @@ def test_require_nodes():
 
 def test_config_error_is_a_value_error():
     assert issubclass(ConfigError, ValueError)
+
+
+def test_numeric_options_accept_numeric_strings():
+    # pyxir passes numeric options as strings
+    config = QuantizeConfig(method="1", simulate_dpu="1", adjust_shift_bias="2",
+                            calib_iter=" 10 ", weight_bit="4", gpu_memory_fraction="0.25")
+    assert (config.method, config.simulate_dpu, config.adjust_shift_bias, config.calib_iter,
+            config.weight_bit, config.gpu_memory_fraction) == (1, 1, 2, 10, 4, 0.25)
+    assert QuantizeConfig(method="2") == QuantizeConfig(method=2)
+
+
+@pytest.mark.parametrize("kwargs, words", [
+    ({"method": "abc"}, ["method='abc'", "integer"]),
+    ({"simulate_dpu": "1.5"}, ["simulate_dpu='1.5'", "integer"]),
+    ({"gpu_memory_fraction": "half"}, ["gpu_memory_fraction='half'", "number"]),
+    ({"method": "7"}, ["method=7", "0, 1, 2"]),
+])
+def test_bad_numeric_strings_name_the_option(kwargs, words):
+    with pytest.raises(ConfigError) as err:
+        QuantizeConfig(**kwargs)
+    for word in words:
+        assert word in str(err.value)

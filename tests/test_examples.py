@@ -73,3 +73,30 @@ def test_keras_example(tmp_path):
     out = run("keras_qat.py", "--work_dir", tmp_path, "--float_steps", 30, "--qat_steps", 6)
     assert re.search(r"float accuracy: 0\.\d+", out) and re.search(r"QAT accuracy: 0\.\d+", out)
     assert "quantize_eval_model_6_" in out
+
+
+def test_runner_drops_tensorflow_start_up_notes_only(tmp_path, capfd):
+    """run_qat_example's child processes: TensorFlow's start-up notes are dropped, the rest of
+    their stderr is shown."""
+    sys.path.insert(0, EXAMPLES)
+    try:
+        import run_qat_example  # pylint: disable=import-outside-toplevel
+    finally:
+        sys.path.remove(EXAMPLES)
+    script = tmp_path / "noisy.py"
+    script.write_text("import sys\nimport tensorflow as tf\ntf.compat.v1.Session().close()\n"
+                      "print('a warning of the script', file=sys.stderr)\n")
+    env_level = os.environ.pop("TF_CPP_MIN_LOG_LEVEL", None)
+    try:
+        run_qat_example.run(str(script))
+    finally:
+        if env_level is not None:
+            os.environ["TF_CPP_MIN_LOG_LEVEL"] = env_level
+    err = capfd.readouterr().err
+    assert "a warning of the script" in err
+    for noise in ("oneDNN", "cudart_stub", "absl::InitializeLog", "cpu_feature_guard",
+                  "rebuild TensorFlow", "cuInit"):
+        assert noise not in err
+    assert run_qat_example.is_startup_noise(
+        "I0000 00:00:1795996516.417898    5901 port.cc:153] oneDNN custom operations are on.")
+    assert not run_qat_example.is_startup_noise("Traceback (most recent call last):")

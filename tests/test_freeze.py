@@ -1,5 +1,9 @@
 """freeze.py: the freeze_graph command (graph + checkpoint, or SavedModel -> frozen graph)."""
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -99,3 +103,54 @@ def test_errors(tmp_path, capsys):
         assert message in err, (argv, err)
         assert "Traceback" not in err
     assert not (tmp_path / "frozen.pb").exists()
+
+
+@pytest.mark.parametrize("use_resource, tensorflow_used", [(False, True), (True, False)])
+def test_tensorflow_freeze_graph_is_used_for_ref_variables(tmp_path, monkeypatch, use_resource,
+                                                           tensorflow_used):
+    from tensorflow.python.tools import freeze_graph as tf_freeze  # pylint: disable=import-outside-toplevel,no-name-in-module
+    calls = []
+    real = tf_freeze.freeze_graph_with_def_protos
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs["input_checkpoint"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tf_freeze, "freeze_graph_with_def_protos", spy)
+    graph_path, ckpt, expected = _train_files(tmp_path, use_resource)
+    frozen = freeze.freeze("out", graph_path, ckpt, input_binary=True)
+    assert bool(calls) == tensorflow_used
+    assert not [n for n in frozen.node if n.op in ("VariableV2", "VarHandleOp")]
+    graph = tf.Graph()
+    with graph.as_default():
+        tf.graph_util.import_graph_def(frozen, name="")
+        with tf.compat.v1.Session() as sess:
+            np.testing.assert_allclose(sess.run("out:0", {"input:0": IMAGES}), expected,
+                                       rtol=1e-6)
+
+
+def test_checkpoint_of_another_graph_gets_decent_q_error(tmp_path):
+    graph_path, _, _ = _train_files(tmp_path, use_resource=False)
+    other = tf.Graph()
+    with other.as_default():
+        tf.compat.v1.get_variable("unrelated", [2])
+        with tf.compat.v1.Session() as sess:
+            sess.run(tf.compat.v1.global_variables_initializer())
+            ckpt = tf.compat.v1.train.Saver().save(sess, str(tmp_path / "other" / "m.ckpt"))
+    with pytest.raises(freeze.QuantizeError, match="holds none of the graph's variables"):
+        freeze.freeze("out", graph_path, ckpt, input_binary=True)
+
+
+def test_freeze_graph_help_answers_without_tensorflow():
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    code = ("import sys, _decent_q_entry\n"
+            "sys.argv = ['freeze_graph', '--help']\n"
+            "try:\n"
+            "    code = _decent_q_entry.freeze_graph()\n"
+            "finally:\n"
+            "    print('tensorflow imported:', 'tensorflow' in sys.modules, file=sys.stderr)\n"
+            "sys.exit(code)\n")
+    result = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, PYTHONPATH=root),
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and "--output_node_names" in result.stdout
+    assert "tensorflow imported: False" in result.stderr

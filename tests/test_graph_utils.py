@@ -1,6 +1,8 @@
 """graph/utils.py: names, node maps, ranges, loading with clear errors, atomic writes."""
 
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -8,6 +10,8 @@ import tensorflow as tf
 
 from decent_q.errors import QuantizeError
 from decent_q.graph import utils
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def small_graph():
@@ -130,3 +134,29 @@ def test_const_node_roundtrip():
     node = utils.const_node("c", value)
     assert np.array_equal(utils.const_value(node), value)
     assert node.attr["dtype"].type == tf.float32.as_datatype_enum
+
+
+UMASK_CODE = """
+import os, stat, sys
+sys.path.insert(0, os.path.join(sys.argv[1], "tests"))
+import helpers
+from decent_q import calibrate, dump
+def modes(files):
+    return sorted({oct(stat.S_IMODE(os.stat(f).st_mode)) for f in files})
+os.umask(0o022)
+cfg = helpers.config(output_dir=sys.argv[2], calib_iter=1)
+paths = calibrate.quantize_frozen(helpers.small_cnn(), helpers.input_fn, cfg, progress=False)
+print("quantize 0o22", modes(paths.values()))
+os.umask(0o027)
+folder = dump.dump(paths["quantize_eval_model"], helpers.input_fn, output_dir=sys.argv[2])[0]
+print("dump 0o27", modes(os.path.join(folder, f) for f in os.listdir(folder)))
+"""
+
+
+def test_output_files_follow_the_umask(tmp_path):
+    """Atomic writes go through mkstemp (0600); files end up as open() would make them."""
+    env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="3")
+    result = subprocess.run([sys.executable, "-c", UMASK_CODE, ROOT, str(tmp_path)], env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split("\n")[:2] == ["quantize 0o22 ['0o644']", "dump 0o27 ['0o640']"]

@@ -292,3 +292,161 @@ def test_training_and_evaluation_graphs_have_the_same_points(net, freeze_step, t
     # One activation point a layer: none on a folded layer's output before its activation.
     assert not [p for p in points[0] if p.endswith("BatchNorm_Fold/BiasAdd/aquant")
                 and not p.startswith(("res_b/", "pw2/"))]
+
+
+# -- point names, old checkpoints, simulate_dpu, ignored options ------------------------------
+
+def small_fn(pool="mean", alpha=0.1):
+    """conv (ref variable w) -> LeakyRelu(alpha) -> global pool -> dense (resource variable v)."""
+    images = tf.compat.v1.placeholder(tf.float32, [None, 7, 7, 2], name="images")
+    w = tf.compat.v1.get_variable("w", [3, 3, 2, 4], use_resource=False,
+                                  initializer=tf.compat.v1.initializers.he_normal(0))
+    net = tf.nn.leaky_relu(tf.nn.conv2d(images, w, 1, "SAME", name="conv"), alpha, name="leaky")
+    if pool == "mean":
+        net = tf.reduce_mean(net, [1, 2], name="gap")
+    else:  # a (kh, kw) AvgPool
+        net = tf.nn.avg_pool2d(net, pool, 1, "VALID", name="pool")
+        net = tf.reshape(net, [-1, 4 * (8 - pool[0]) * (8 - pool[1])], name="flat")
+    v = tf.compat.v1.get_variable("v", [net.shape[1], 3], use_resource=True,
+                                  initializer=tf.compat.v1.initializers.he_normal(1))
+    return tf.matmul(net, v, name="logits")
+
+
+def small_config(tmp_path, **kw):
+    return decent_q.QuantizeConfig(input_nodes=["images"], output_nodes=["logits"],
+                                   input_shapes=[[-1, 7, 7, 2]], output_dir=str(tmp_path / "q"),
+                                   **kw)
+
+
+IMAGES = RNG.uniform(0, 1, (4, 7, 7, 2)).astype(np.float32)
+
+
+def small_train(tmp_path, save_as=None, **kw):
+    """QAT training graph of small_fn, one SGD step, checkpoint model.ckpt-1; `save_as` maps a
+    variable to the name it is saved under."""
+    graph = tf.Graph()
+    with graph.as_default():
+        small_fn(**{k: kw.pop(k) for k in ("pool", "alpha") if k in kw})
+        decent_q.CreateQuantizeTrainingGraph(config=small_config(tmp_path, **kw))
+        loss = tf.reduce_sum(graph.get_tensor_by_name("logits/aquant:0") ** 2)
+        with tf.control_dependencies(tf.compat.v1.get_collection(
+                tf.compat.v1.GraphKeys.UPDATE_OPS)):
+            train_op = tf.compat.v1.train.GradientDescentOptimizer(1e-3).minimize(loss)
+        variables = tf.compat.v1.global_variables()
+        names = {v.op.name: v for v in variables}
+        if save_as:
+            names = {save_as(v.op.name): v for v in variables}
+        with tf.compat.v1.Session() as sess:
+            sess.run(tf.compat.v1.global_variables_initializer())
+            sess.run(train_op, {"images:0": IMAGES})
+            path = tf.compat.v1.train.Saver(var_list=names).save(
+                sess, str(tmp_path / "train" / "model.ckpt"), 1)
+    return graph, path
+
+
+def small_deploy(tmp_path, checkpoint, **kw):
+    with tf.Graph().as_default():
+        small_fn(**{k: kw.pop(k) for k in ("pool", "alpha") if k in kw})
+        decent_q.CreateQuantizeEvaluationGraph(config=small_config(tmp_path, **kw))
+        paths = decent_q.CreateQuantizeDeployGraph(checkpoint=checkpoint,
+                                                   config=small_config(tmp_path, **kw))
+    model = tf.compat.v1.GraphDef()
+    with open(paths["quantize_eval_model"], "rb") as f:
+        model.ParseFromString(f.read())
+    return model
+
+
+def test_points_are_named_after_the_tensor_the_compute_op_reads(tmp_path):
+    graph, _ = small_train(tmp_path)
+    points = {op.name for op in graph.get_operations() if op.name.endswith("/wquant")}
+    # ref variable w read through w/read; resource variable v: its ReadVariableOp.
+    assert points == {"w/read/wquant", "logits/ReadVariableOp/wquant"}
+    assert graph.get_operation_by_name("conv").inputs[1].name == "w/read/wquant:0"
+    assert graph.get_operation_by_name("logits").inputs[1].name == \
+        "logits/ReadVariableOp/wquant:0"
+
+
+def _legacy(name):
+    """decent_q 0.1's histogram names: a weight point named after its variable."""
+    return {"w/read/wquant/pos_hist": "w/wquant/pos_hist",
+            "logits/ReadVariableOp/wquant/pos_hist": "v/wquant/pos_hist"}.get(name, name)
+
+
+def _positions(model):
+    return {n.name: n.attr["quantize_pos"].i for n in model.node if n.op == "FixNeuron"}
+
+
+def test_checkpoints_with_old_point_names_still_deploy_and_restore(tmp_path):
+    graph, new = small_train(tmp_path / "new")
+    _, old = small_train(tmp_path / "old", save_as=_legacy)
+    stored = dict(tf.train.list_variables(old))
+    assert "w/wquant/pos_hist" in stored and "w/read/wquant/pos_hist" not in stored
+    assert qat.legacy_histogram_names(graph) == {
+        "w/read/wquant/pos_hist": "w/wquant/pos_hist",
+        "logits/ReadVariableOp/wquant/pos_hist": "v/wquant/pos_hist"}
+    expected = _positions(small_deploy(tmp_path / "new", new))
+    assert _positions(small_deploy(tmp_path / "old", old)) == expected
+    # Resuming training: a Saver on checkpoint_var_list reads the old names ...
+    with graph.as_default(), tf.compat.v1.Session() as sess:
+        with pytest.raises(tf.errors.NotFoundError):
+            tf.compat.v1.train.Saver().restore(sess, old)
+        tf.compat.v1.train.Saver(var_list=qat.checkpoint_var_list(old)).restore(sess, old)
+        hist = sess.run(next(v for v in tf.compat.v1.global_variables()
+                             if v.op.name == "w/read/wquant/pos_hist"))
+    assert hist.sum() == 1
+    # ... and convert_checkpoint writes a copy with today's names.
+    with graph.as_default():
+        converted = qat.convert_checkpoint(old, str(tmp_path / "converted" / "model.ckpt-1"))
+    names = dict(tf.train.list_variables(converted))
+    assert "w/read/wquant/pos_hist" in names and "w/wquant/pos_hist" not in names
+    assert _positions(small_deploy(tmp_path / "conv", converted)) == expected
+
+
+def test_simulate_dpu_applies_in_qat_training_and_evaluation_graphs(tmp_path):
+    graph, checkpoint = small_train(tmp_path)
+    assert graph.get_operation_by_name("leaky").get_attr("alpha") == 26.0 / 256.0
+    pooled = graph.get_operation_by_name("gap/avgpool")  # Mean -> AvgPool * 49*21/1024
+    assert pooled.type == "Mul" and pooled.inputs[0].op.type == "AvgPool"
+    with graph.as_default(), tf.compat.v1.Session() as sess:
+        sess.run(tf.compat.v1.global_variables_initializer())
+        mean, pool, scaled = sess.run(["gap:0", "gap/avgpool/pool:0", "gap/avgpool:0"],
+                                      {"images:0": IMAGES})
+    np.testing.assert_allclose(pool.reshape(mean.shape), mean, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(scaled, pool * 49 * 21 / 1024, rtol=1e-6)
+    model = small_deploy(tmp_path, checkpoint)
+    ops_by_name = {n.name: n for n in model.node}
+    assert ops_by_name["leaky"].attr["alpha"].f == 26.0 / 256.0
+    assert ops_by_name["gap/avgpool"].op == "Mul"
+    assert not [n for n in model.node if n.op == "Mean"]
+
+
+@pytest.mark.parametrize("kw, factor", [
+    ({}, 3 * 85 / 256),                  # 1x3: 1/3 is 85/256 on the DPU
+    ({"scale_all_avgpool": 0}, None),    # only the DPU's special sizes
+    ({"simulate_dpu": 0}, None),
+])
+def test_qat_avgpool_scaling_follows_the_options(tmp_path, kw, factor):
+    graph = tf.Graph()
+    with graph.as_default():
+        small_fn(pool=(1, 3), alpha=0.2)
+        decent_q.CreateQuantizeTrainingGraph(config=small_config(tmp_path, **kw))
+    scales = [op for op in graph.get_operations() if op.name.startswith("pool/dpu_scale")]
+    if factor is None:
+        assert not scales
+    else:
+        assert tf.make_ndarray(scales[0].get_attr("value")) == pytest.approx(factor)
+
+
+def test_qat_warns_for_options_it_does_not_read(tmp_path, caplog):
+    with tf.Graph().as_default():
+        small_fn()
+        decent_q.CreateQuantizeTrainingGraph(config=small_config(tmp_path, calib_iter=10,
+                                                                 do_cle=1))
+    warned = [r.getMessage() for r in caplog.records if "QAT ignores" in r.getMessage()]
+    assert len(warned) == 1 and "calib_iter=10" in warned[0] and "do_cle=1" in warned[0]
+    caplog.clear()
+    with tf.Graph().as_default():
+        small_fn()
+        decent_q.CreateQuantizeTrainingGraph(config=small_config(tmp_path, weight_bit=6,
+                                                                 align_concat=1))
+    assert not [r for r in caplog.records if "QAT ignores" in r.getMessage()]

@@ -202,6 +202,9 @@ def write_atomic(path, data):
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{os.getpid()}-", dir=folder)
     try:
+        # mkstemp makes the file 0600; a tool's output follows the umask like open() would
+        # (0644 under umask 022), so a compiler container running as another user can read it.
+        os.fchmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -211,6 +214,20 @@ def write_atomic(path, data):
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def current_umask():
+    """The process umask, read without changing it (Linux: /proc; else set and restore)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def remove_stale_temp_files(folder):
