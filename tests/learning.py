@@ -68,6 +68,23 @@ def slim_net(pool="mean"):
     return build
 
 
+def plain_net():
+    """tf-slim: conv-BN-ReLU x4 (two strided) -> ``tf.reduce_mean`` -> logits: the plainest
+    conv + batch-norm net with global average pooling."""
+    def build(is_training):
+        images = tf.compat.v1.placeholder(tf.float32, [None, 28, 28, 1], name=INPUT_NODE)
+        bn = {"is_training": is_training, "decay": 0.9, "scale": True}
+        with slim.arg_scope([slim.conv2d], normalizer_fn=slim.batch_norm, normalizer_params=bn):
+            net = slim.conv2d(images, 16, 3, stride=2, scope="conv1")
+            net = slim.conv2d(net, 32, 3, scope="conv2")
+            net = slim.conv2d(net, 32, 3, stride=2, scope="conv3")
+            net = slim.conv2d(net, 64, 3, scope="conv4")
+        net = tf.reduce_mean(net, [1, 2], name="gap")
+        logits = slim.fully_connected(net, 10, activation_fn=None, scope="logits")
+        return _head(images, logits)
+    return build
+
+
 def keras_net():
     """tf_keras: Conv2D(stride 2)-BN-ReLU, DepthwiseConv2D-BN-ReLU6, Conv2D-BN, residual Add,
     ReLU, Conv2D(stride 2)-BN-ReLU, Conv2D-BN-ReLU, GlobalAveragePooling2D, Dense (the learning

@@ -6,6 +6,13 @@ The outcome a QAT user wants, measured on what they deploy (``quantize_eval_mode
 * QAT from scratch reaches float training's accuracy with the same steps (within 2 points);
 * QAT fine-tuning of a trained float model loses at most 0.5 point at 8 bit.
 
+Fine-tuning is the flow that freezes the batch norms in mid-run (fold_bn_freeze_step at half the
+steps: the last steps train the deploy form, with moving statistics, as Krishnamoorthi 2018 and
+PyTorch's freeze_bn recommend); slim_mean fine-tunes with the default (never frozen) as well. On
+the tf_keras net trained with TF1 behaviour, fine-tuning with the default lost 1.6 points (the
+weights were fine: with batch-norm statistics recomputed in float the same model deployed at
++0.1), and 0.2 were gained with the freeze in mid-run.
+
 The nets are conv + batch-norm nets that end in global average pooling (``Mean`` and
 ``AvgPool``), with strided convs, a residual add, depthwise convs and Dense + batch norm, in
 tf-slim and tf_keras, with the default ``fold_bn_freeze_step`` and with a freeze in mid-run.
@@ -17,11 +24,12 @@ import pytest
 
 import learning
 
-# name -> (model, float / from-scratch steps, fold_bn_freeze_step)
+# name -> (model, float / from-scratch steps, fold_bn_freeze_step from scratch, fine-tuning)
 NETS = {
-    "slim_mean": (learning.slim_net("mean"), 500, -1),
-    "slim_avgpool_freeze_mid_run": (learning.slim_net("avgpool"), 500, 250),
-    "keras": (learning.keras_net(), 700, -1),
+    "slim_plain_mean": (learning.plain_net(), 500, -1, -1),
+    "slim_mean": (learning.slim_net("mean"), 500, -1, -1),
+    "slim_avgpool_freeze_mid_run": (learning.slim_net("avgpool"), 500, 250, 100),
+    "keras_freeze_mid_run_in_finetuning": (learning.keras_net(), 700, -1, 100),
 }
 LR = 3e-3            # Adam, cosine-decayed to 0 (learning.train)
 FINETUNE_STEPS, FINETUNE_LR = 200, 1e-4
@@ -31,7 +39,7 @@ _float = {}
 def float_run(name, tmp_path_factory):
     """(float checkpoint, its held-out accuracy), trained once per net."""
     if name not in _float:
-        build, steps, _ = NETS[name]
+        build, steps, _, _ = NETS[name]
         work = tmp_path_factory.mktemp(f"float_{name}")
         checkpoint, losses = learning.train(build, str(work), steps, LR)
         assert losses[-1] < 0.5 * losses[0]
@@ -41,7 +49,7 @@ def float_run(name, tmp_path_factory):
 
 @pytest.mark.parametrize("name", sorted(NETS))
 def test_qat_from_scratch_reaches_float_accuracy(name, tmp_path_factory):
-    build, steps, freeze = NETS[name]
+    build, steps, freeze, _ = NETS[name]
     _, float_acc = float_run(name, tmp_path_factory)
     work = tmp_path_factory.mktemp(f"qat_{name}")
     q_config = learning.config(str(work / "q"), fold_bn_freeze_step=freeze)
@@ -55,10 +63,10 @@ def test_qat_from_scratch_reaches_float_accuracy(name, tmp_path_factory):
 
 @pytest.mark.parametrize("name", sorted(NETS))
 def test_qat_finetuning_keeps_float_accuracy(name, tmp_path_factory):
-    build, _, freeze = NETS[name]
+    build, _, _, freeze = NETS[name]
     float_checkpoint, float_acc = float_run(name, tmp_path_factory)
     work = tmp_path_factory.mktemp(f"finetune_{name}")
-    q_config = learning.config(str(work / "q"), fold_bn_freeze_step=min(freeze, 100))
+    q_config = learning.config(str(work / "q"), fold_bn_freeze_step=freeze)
     checkpoint, _ = learning.train(build, str(work / "train"), FINETUNE_STEPS, FINETUNE_LR,
                                    q_config, init=float_checkpoint)
     qat_acc = learning.model_accuracy(learning.deploy(build, checkpoint, q_config))
