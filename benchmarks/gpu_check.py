@@ -6,14 +6,16 @@ On a machine without a GPU it says so and exits 0. With one (the first GPU is us
 
 1. equality -- the inputs of tests/test_ops_tf.py (random tensors at three scales, a tensor of
    several kernel blocks, the edge cases, EVAL positions) through FixNeuronDynamic for every
-   combination there: the TF-op path on /GPU:0 (a plain graph, and under XLA jit_compile)
-   against the kernel on the CPU, bit for bit. Also where the TF ops ran (RunMetadata).
+   combination there: the TF-op path on /GPU:0 (a plain graph; on a subset also in an XLA
+   jit_scope, the default with a GPU, and under tf.function(jit_compile=True)) against the
+   kernel on the CPU, bit for bit. Also where the plain TF ops ran (RunMetadata).
 2. placement -- the QAT training graph of the example (examples/model.py, the rewrite with the
    default fix_neuron_impl=auto, which picks tf_ops with a GPU visible): one traced step, and
    for every quantization point the devices its ops ran on.
 3. timing -- median step time (Adam, batch 64 and 256) of the float training graph, the QAT
-   graph with the TF-op points on the GPU, the same with XLA auto-clustering, and the QAT
-   graph with the kernel (points on the CPU: every activation goes to host memory and back).
+   graph with the TF-op points on the GPU (each point an XLA cluster: the default), the same
+   without XLA (DECENT_Q_TF_OPS_JIT=0), with XLA auto-clustering of the whole step, and the
+   QAT graph with the kernel (points on the CPU: every activation to host memory and back).
 4. the example end to end (examples/run_qat_example.py: float training, train.py, eval.py in
    their own processes, points on the GPU); skip it with --skip_example.
 
@@ -94,13 +96,14 @@ def check_equality():
     with graph.as_default():
         x = tf.compat.v1.placeholder(tf.float32, [None])
         pos = tf.compat.v1.placeholder(tf.int32, [])
-        fetches = {"graph": [], "xla": []}
+        fetches = {"graph": [], "jit_scope": [], "xla": []}
         for mode, phase, bits, method, arch in cases.COMBOS:
             kw = dict(mode=mode, phase=phase, bit_width=bits, method=method, arch_type=arch)
             with tf.device(CPU):
                 kernel = ops.fix_neuron_dynamic(x, pos, impl="kernel", **kw)
             with tf.device(GPU):
-                plain = ops.fix_neuron_dynamic(x, pos, impl="tf_ops", name="tfop", **kw)
+                plain = ops.fix_neuron_dynamic(x, pos, impl="tf_ops", name="tfop", jit=False,
+                                               **kw)
             fetches["graph"].append((kernel, plain))
             if (mode, phase, bits, method, arch) in xla_combos:
                 @tf.function(jit_compile=True)
@@ -108,6 +111,8 @@ def check_equality():
                     return ops.fix_neuron_dynamic(t, p, impl="tf_ops", **kw)
                 with tf.device(GPU):
                     fetches["xla"].append((kernel, compiled(x, pos)))
+                    fetches["jit_scope"].append((kernel, ops.fix_neuron_dynamic(
+                        x, pos, impl="tf_ops", jit=True, **kw)))
     failures = 0
     with tf.compat.v1.Session(graph=graph, config=_session_config()) as sess:
         meta = tf.compat.v1.RunMetadata()
@@ -125,7 +130,7 @@ def check_equality():
         if on_cpu:
             print(f"  ran on the CPU (int32 scalars live in host memory): {on_cpu[:12]}")
         start = time.time()
-        for kind in ("graph", "xla"):
+        for kind in ("graph", "jit_scope", "xla"):
             combos, feeds = (cases.COMBOS, inputs) if kind == "graph" else (xla_combos,
                                                                               xla_inputs)
             bad = 0
@@ -140,7 +145,7 @@ def check_equality():
                         if bad <= 5:
                             print(f"  MISMATCH {kind} {name} pos={p} {combo}: {err}")
             total = len(feeds) * len(combos)
-            print(f"  {kind:5s}: {total - bad}/{total} comparisons bit-exact "
+            print(f"  {kind:9s}: {total - bad}/{total} comparisons bit-exact "
                   f"({len(feeds)} inputs x {len(combos)} attribute sets)")
             failures += bad
         print(f"  ({time.time() - start:.0f} s)")
@@ -149,10 +154,14 @@ def check_equality():
 
 # -- 2. placement and 3. timing -----------------------------------------------------------------
 
-def _qat_graph(impl, seed=0):
+def _qat_graph(impl, seed=0, tf_ops_jit=None):
     """The example's QAT training graph; returns (graph, train_op, net)."""
     import decent_q  # pylint: disable=import-outside-toplevel
     import model  # pylint: disable=import-outside-toplevel
+    if tf_ops_jit is None:
+        os.environ.pop("DECENT_Q_TF_OPS_JIT", None)
+    else:
+        os.environ["DECENT_Q_TF_OPS_JIT"] = tf_ops_jit
     graph = tf.Graph()
     with graph.as_default():
         tf.compat.v1.set_random_seed(seed)
@@ -202,13 +211,16 @@ def report_placement():
 def time_steps(batches=(64, 256), rounds=5, steps=20):
     """Median step times of the float, QAT (TF ops, with and without XLA) and QAT (kernel)
     training graphs, round-robin so that machine noise hits all alike."""
-    variants = [("float", None, False), ("QAT tf_ops (GPU)", "tf_ops", False),
-                ("QAT tf_ops (GPU) + XLA auto-jit", "tf_ops", True),
-                ("QAT kernel (points on CPU)", "kernel", False)]
+    variants = [("float", None, False, None),
+                ("QAT tf_ops (GPU), points as XLA", "tf_ops", False, None),
+                ("QAT tf_ops (GPU), no XLA", "tf_ops", False, "0"),
+                ("QAT tf_ops (GPU), XLA auto-jit", "tf_ops", True, "0"),
+                ("float, XLA auto-jit", None, True, None),
+                ("QAT kernel (points on CPU)", "kernel", False, None)]
     sessions = []
-    for label, impl, jit in variants:
+    for label, impl, jit, tf_ops_jit in variants:
         try:
-            graph, train_op, net = _qat_graph(impl)
+            graph, train_op, net = _qat_graph(impl, tf_ops_jit=tf_ops_jit)
             with graph.as_default():
                 init = tf.compat.v1.global_variables_initializer()
             sess = tf.compat.v1.Session(graph=graph, config=_session_config(jit))
@@ -239,6 +251,7 @@ def time_steps(batches=(64, 256), rounds=5, steps=20):
                     sess.run(train_op, feed)
                 times[label].append((time.perf_counter() - start) / steps)
         med = {label: statistics.median(t) for label, t in times.items()}
+        os.environ.pop("DECENT_Q_TF_OPS_JIT", None)
         base = med.get("float")
         print(f"  batch {batch}: median of {rounds} rounds x {steps} steps")
         for label, t in med.items():

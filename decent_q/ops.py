@@ -33,7 +33,6 @@ Two implementations (``impl``), the same numbers bit for bit:
 
 import contextlib
 import enum
-import functools
 import threading
 
 import numpy as np
@@ -87,10 +86,7 @@ def _fix_neuron_dynamic_grad(_, grad, _unused_pos_grad):
     return grad, None
 
 
-@functools.lru_cache(maxsize=None)
-def gpu_visible():
-    """Whether TensorFlow sees a GPU (asked once per process)."""
-    return bool(tf.config.list_physical_devices("GPU"))
+gpu_visible = ops_tf.gpu_visible
 
 
 def _device_type(device):
@@ -134,14 +130,16 @@ def resolve_impl(impl, x=None, device=None):
 
 
 def fix_neuron(x, mode, phase=Phase.EVAL, bit_width=8, method=1, quantize_pos=0,
-               arch_type="DEFAULT", name=None, impl="kernel"):
+               arch_type="DEFAULT", name=None, impl="kernel", jit=None):
     """A stateless ``FixNeuron`` op on tensor ``x`` (EVAL uses ``quantize_pos``).
 
-    ``impl``: "kernel" (default), "tf_ops" or "auto" (see the module doc).
+    ``impl``: "kernel" (default), "tf_ops" or "auto" (see the module doc). ``jit``: for
+    tf_ops, build in an XLA jit scope (None: when a GPU is visible; see decent_q.ops_tf).
     """
     if resolve_impl(impl, x if isinstance(x, tf.Tensor) else None) == "tf_ops":
         return ops_tf.fix_neuron(x, mode=mode, phase=phase, bit_width=bit_width, method=method,
-                                 quantize_pos=quantize_pos, arch_type=arch_type, name=name)
+                                 quantize_pos=quantize_pos, arch_type=arch_type, name=name,
+                                 jit=jit)
     return load_library().fix_neuron(x, bit_width=int(bit_width), method=int(method),
                                       mode=int(mode), phase=int(phase),
                                       quantize_pos=int(quantize_pos), arch_type=arch_type,
@@ -149,11 +147,13 @@ def fix_neuron(x, mode, phase=Phase.EVAL, bit_width=8, method=1, quantize_pos=0,
 
 
 def fix_neuron_dynamic(x, pos, mode, phase, bit_width=8, method=1, arch_type="DEFAULT",
-                       name=None, impl="kernel"):
-    """A ``FixNeuronDynamic`` op; returns ``(quantized, used_pos)``. ``impl`` as fix_neuron."""
+                       name=None, impl="kernel", jit=None):
+    """A ``FixNeuronDynamic`` op; returns ``(quantized, used_pos)``. ``impl``, ``jit`` as
+    fix_neuron."""
     if resolve_impl(impl, x if isinstance(x, tf.Tensor) else None) == "tf_ops":
         return ops_tf.fix_neuron_dynamic(x, pos, mode=mode, phase=phase, bit_width=bit_width,
-                                         method=method, arch_type=arch_type, name=name)
+                                         method=method, arch_type=arch_type, name=name,
+                                         jit=jit)
     return load_library().fix_neuron_dynamic(x, pos, bit_width=int(bit_width),
                                              method=int(method), mode=int(mode),
                                              phase=int(phase), arch_type=arch_type, name=name)

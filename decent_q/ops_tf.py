@@ -30,6 +30,12 @@ path with TensorFlow's reduction tree: each term is the same, and the sums can d
 their last bits, so a candidate could only be chosen differently when two costs are equal to
 about 1e-15 relative but not exactly (exact ties, and sums without rounding, agree).
 
+XLA: the ops of a point are many small elementwise ones, which XLA fuses into a few kernels.
+With ``jit=None`` (the default) they are built in ``tf.xla.experimental.jit_scope()`` when a GPU
+is visible, so TensorFlow compiles each point as an XLA cluster (once per input shape); the
+environment variable ``DECENT_Q_TF_OPS_JIT=1`` / ``0`` forces it on / off. The numbers do not
+change (the tests compare both forms with the kernel).
+
 Gradient: straight through, d out / d in = 1 (an ``IdentityN`` whose gradient is overridden).
 
 Graph layout of a point (``Q/fix`` mirrors the kernel op's outputs, so the rest of decent_q
@@ -40,6 +46,10 @@ reads both alike)::
                     Attributes _fix_bit_width, _fix_method, _fix_mode, _fix_phase,
                     _fix_arch_type record the FixNeuron attributes for finalize.
 """
+
+import contextlib
+import functools
+import os
 
 import numpy as np
 import tensorflow as tf
@@ -55,6 +65,19 @@ _F64 = tf.float64
 
 _WEIGHT, _ACTIVATION, _DW_WEIGHT = 0, 1, 2
 _EVAL = 1
+
+
+@functools.lru_cache(maxsize=None)
+def gpu_visible():
+    """Whether TensorFlow sees a GPU (asked once per process)."""
+    return bool(tf.config.list_physical_devices("GPU"))
+
+
+def _jit_scope(jit):
+    if jit is None:
+        env = os.environ.get("DECENT_Q_TF_OPS_JIT", "")
+        jit = env == "1" if env in ("0", "1") else gpu_visible()
+    return tf.xla.experimental.jit_scope() if jit else contextlib.nullcontext()
 
 
 @tf.RegisterGradient(_GRADIENT)
@@ -230,18 +253,19 @@ def _output(values, x, name, attrs):
 
 
 def fix_neuron_dynamic(x, pos, mode, phase, bit_width=8, method=1, arch_type="DEFAULT",
-                       name=None):
+                       name=None, jit=None):
     """FixNeuronDynamic from TensorFlow ops; returns ``(quantized, used_pos)``.
 
     EVAL quantizes with ``pos`` (clamped above at 127); pos < -127 means "unknown" and the
     position is searched per batch. Without control flow the search is still evaluated in
-    EVAL (its result is then unused).
+    EVAL (its result is then unused). ``jit``: build in an XLA jit scope (None: with a GPU
+    visible; see the module doc).
     """
     mode, phase, bit_width, method = int(mode), int(phase), int(bit_width), int(method)
     _check(bit_width, method, mode, phase, arch_type)
     name = name or "FixNeuronDynamic"
     x = tf.convert_to_tensor(x, tf.float32)
-    with tf.name_scope(name + "_ops"):
+    with tf.name_scope(name + "_ops"), _jit_scope(jit):
         x64 = exact_float64(x)
         searched = search_pos(x64, mode, bit_width, method, arch_type)
         if phase == _EVAL:
@@ -257,13 +281,13 @@ def fix_neuron_dynamic(x, pos, mode, phase, bit_width=8, method=1, arch_type="DE
 
 
 def fix_neuron(x, mode, phase=_EVAL, bit_width=8, method=1, quantize_pos=0,
-               arch_type="DEFAULT", name=None):
+               arch_type="DEFAULT", name=None, jit=None):
     """FixNeuron from TensorFlow ops: EVAL uses ``quantize_pos`` clamped to [-127, 127]."""
     mode, phase, bit_width, method = int(mode), int(phase), int(bit_width), int(method)
     _check(bit_width, method, mode, phase, arch_type)
     name = name or "FixNeuron"
     x = tf.convert_to_tensor(x, tf.float32)
-    with tf.name_scope(name + "_ops"):
+    with tf.name_scope(name + "_ops"), _jit_scope(jit):
         x64 = exact_float64(x)
         if phase == _EVAL:
             pos = tf.constant(min(max(int(quantize_pos), MIN_POS), MAX_POS), tf.int32)

@@ -212,7 +212,8 @@ def test_gradient_is_straight_through(phase):
 
 def test_runs_under_xla_jit_compile():
     """tf.function(jit_compile=True): the TF-op path compiles (the kernel does not) and gives
-    the kernel's numbers; the gradient through the compiled function is straight-through."""
+    the kernel's numbers; so does the jit_scope form (jit=True, the default with a GPU
+    visible), which TensorFlow runs as an XLA cluster; the gradient is straight-through."""
     rng = np.random.default_rng(23)
     x = np.concatenate([_random_tensor(rng, (3000,), 1.7), _edge_inputs()["tiny"],
                         _edge_inputs()["nan_inf"], _edge_inputs()["saturation"]])
@@ -235,17 +236,28 @@ def test_runs_under_xla_jit_compile():
             fetches.append((ops.fix_neuron_dynamic(ph, pos, mode=case[0], phase=case[1],
                                                    bit_width=case[2], method=case[3]),
                             compiled("tf_ops", *case)(ph, pos)))
+        scoped = [ops.fix_neuron_dynamic(ph, tf.constant(4, tf.int32), mode=case[0],
+                                         phase=case[1], bit_width=case[2], method=case[3],
+                                         impl="tf_ops", jit=True) for case in cases]
         y, _ = compiled("tf_ops", ref.ACTIVATION, ref.TRAIN, 8, 1)(ph, tf.constant(0))
         grad = tf.gradients(tf.reduce_sum(3.0 * y), ph)[0]
+        grad_scoped = tf.gradients(tf.reduce_sum(3.0 * scoped[0][0]), ph)[0]
         broken = compiled("kernel", ref.ACTIVATION, ref.TRAIN, 8, 1)(ph, tf.constant(0))
         with tf.compat.v1.Session(graph=graph) as sess:
             got = sess.run(fetches, {ph: x})
-            np.testing.assert_array_equal(sess.run(grad, {ph: x}), np.full(x.shape, 3.0))
+            meta = tf.compat.v1.RunMetadata()
+            got_scoped = sess.run(scoped, {ph: x}, run_metadata=meta, options=tf.compat.v1.RunOptions(
+                trace_level=tf.compat.v1.RunOptions.FULL_TRACE))
+            ran = {n.node_name for d in meta.step_stats.dev_stats for n in d.node_stats}
+            assert any("xla_run" in n for n in ran), "jit=True: no XLA cluster ran"
+            for g in sess.run([grad, grad_scoped], {ph: x}):
+                np.testing.assert_array_equal(g, np.full(x.shape, 3.0))
             with pytest.raises(tf.errors.InvalidArgumentError, match="FixNeuronDynamic"):
                 sess.run(broken, {ph: x})  # proves that the wrapper really compiles
-    for case, ((yk, pk), (yt, pt)) in zip(cases, got):
-        assert int(pt) == int(pk), case
+    for case, ((yk, pk), (yt, pt)), (ys, ps) in zip(cases, got, got_scoped):
+        assert int(pt) == int(pk) == int(ps), case
         assert_bits_equal(yt, yk, str(case))
+        assert_bits_equal(ys, yk, str(case) + " jit_scope")
 
 
 # --------------------------------------------------------------------------------------------
