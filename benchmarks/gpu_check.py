@@ -175,9 +175,11 @@ def _qat_graph(impl, seed=0, tf_ops_jit=None):
     return graph, train_op, net
 
 
-def report_placement():
+def _traced_step(impl, tf_ops_jit):
+    """Builds the example's QAT graph, runs two steps (the second traced); returns
+    (graph, quantization point names, {node name: devices})."""
     from decent_q import ops  # pylint: disable=import-outside-toplevel
-    graph, train_op, net = _qat_graph(AUTO)
+    graph, train_op, net = _qat_graph(impl, tf_ops_jit=tf_ops_jit)
     with graph.as_default():
         points = sorted(ops.histogram_variables(graph))
         init = tf.compat.v1.global_variables_initializer()
@@ -189,9 +191,16 @@ def report_placement():
         sess.run(train_op, feed)
         meta = tf.compat.v1.RunMetadata()
         sess.run(train_op, feed, options=_trace(), run_metadata=meta)
-    placed = _devices(meta)
+    os.environ.pop("DECENT_Q_TF_OPS_JIT", None)
+    return graph, points, _devices(meta)
+
+
+def report_placement():
+    """Per point: the devices of its TF ops (built without XLA, so that every op shows under
+    its own name); then, with the default XLA jit scope, where the clusters and Q/fix ran."""
+    graph, points, placed = _traced_step(AUTO, "0")
     print(f"  {len(points)} quantization points; fix op type "
-          f"{graph.get_operation_by_name(points[0] + '/fix').type}")
+          f"{graph.get_operation_by_name(points[0] + '/fix').type}; without XLA:")
     print(f"  {'point':44s} {'fix ops (device: count)':28s} histogram update")
     all_gpu = True
     for point in points:
@@ -200,12 +209,24 @@ def report_placement():
             if name == point + "/fix" or name.startswith(point + "/fix_ops/"):
                 for d in devs:
                     counts[d] = counts.get(d, 0) + 1
-        count_dev = sorted(placed.get(point + "/count", set()) |
-                           placed.get(point + "/AssignAdd", set()))
-        all_gpu &= counts.get("GPU", 0) > 0
+        count_dev = sorted(placed.get(point + "/AssignAdd", set()))
+        all_gpu &= counts.get("GPU", 0) > counts.get("CPU", 0)
         text = ", ".join(f"{d}: {n}" for d, n in sorted(counts.items()))
         print(f"  {point:44s} {text:28s} {'/'.join(count_dev) or '-'}")
-    print(f"  every point computed on the GPU: {'yes' if all_gpu else 'NO'}")
+    print(f"  every point computed mostly on the GPU: {'yes' if all_gpu else 'NO'}")
+    _, points, placed = _traced_step(AUTO, None)
+    clusters = {}
+    for name, devs in placed.items():
+        if "xla_run" in name.lower() or "xlarun" in name.lower():
+            for d in devs:
+                clusters[d] = clusters.get(d, 0) + 1
+    left = {}
+    for name, devs in placed.items():
+        if "/fix_ops/" in name:
+            for d in devs:
+                left[d] = left.get(d, 0) + 1
+    print(f"  default (points in XLA jit scopes): XLA cluster runs by device {clusters}; "
+          f"fix ops outside clusters by device {left}")
 
 
 def time_steps(batches=(64, 256), rounds=5, steps=20):
