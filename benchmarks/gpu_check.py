@@ -25,7 +25,6 @@ machine without one; its figures mean nothing).
 """
 
 import argparse
-import itertools
 import os
 import statistics
 import subprocess
