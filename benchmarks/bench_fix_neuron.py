@@ -1,6 +1,6 @@
 """Times the FixNeuron kernel against TensorFlow's fake_quant and a plain copy, in one process.
 
-    python benchmarks/bench_fix_neuron.py [--malloc tuned|default] [--runs 40]
+    python benchmarks/bench_fix_neuron.py [--malloc tuned|default] [--runs 40] [--tf_ops_runs 5]
 
 All ops read the same 64x56x56x64 float32 tf.Variable (nothing is fed per run) and are run
 as ops (no output is fetched to Python), round-robin so that machine noise hits all of them
@@ -11,6 +11,11 @@ mmap'ed and unmapped each run, and first-touch page faults then cost more than t
 ``--malloc tuned`` (the default) re-executes the script with MALLOC_MMAP_THRESHOLD_ and
 MALLOC_TRIM_THRESHOLD_ raised, so freed buffers are reused; ``--malloc default`` measures
 glibc's defaults. Both settings apply to every op alike.
+
+The TF-op implementation (decent_q/ops_tf.py, the GPU path) is timed on the same tensor and
+in the same rounds, as a plain graph and compiled with XLA (tf.function(jit_compile=True)),
+and reported as a ratio to the kernel. It is far slower on a CPU (it computes in float64,
+one op at a time unless XLA fuses them), so it runs in the first ``--tf_ops_runs`` rounds only.
 
 Measured, not asserted: see benchmarks/README.md for figures.
 """
@@ -35,6 +40,8 @@ def build_parser():
                         help="glibc malloc settings for the whole process (default: tuned)")
     parser.add_argument("--runs", type=int, default=40, help="timed runs per op (median)")
     parser.add_argument("--warmup", type=int, default=5, help="untimed runs per op first")
+    parser.add_argument("--tf_ops_runs", type=int, default=5,
+                        help="timed runs of the TF-op path (0: leave it out)")
     return parser
 
 
@@ -50,6 +57,30 @@ def _reexec_with_malloc(mode):
         else:
             env[key] = value
     os.execve(sys.executable, [sys.executable] + sys.argv, env)
+
+
+def _build_tf_ops(tf, ops, xv, upstream):
+    """The TF-op path's ops: {name: op to run} (plain graph and XLA), reading x."""
+    train_fwd = ops.quantize(xv, "train_tf/aquant", mode=ops.Mode.ACTIVATION,
+                             phase=ops.Phase.TRAIN, method=1, impl="tf_ops")
+    (train_grad,) = tf.gradients(train_fwd, [xv], grad_ys=upstream)
+
+    def compiled(phase):
+        @tf.function(jit_compile=True)
+        def fn(t):
+            y, _ = ops.fix_neuron_dynamic(t, tf.constant(4), mode=ops.Mode.ACTIVATION,
+                                          phase=phase, method=1, impl="tf_ops")
+            return y
+        return fn(xv)
+
+    return {
+        "tf_ops EVAL fwd": [ops.fix_neuron(xv, mode=ops.Mode.ACTIVATION, phase=ops.Phase.EVAL,
+                                           quantize_pos=4, impl="tf_ops").op],
+        "tf_ops TRAIN m1 fwd": [train_fwd.op],
+        "tf_ops TRAIN m1 fwd+bwd": [train_fwd.op, train_grad.op],
+        "tf_ops XLA EVAL fwd": [compiled(ops.Phase.EVAL).op],
+        "tf_ops XLA TRAIN m1 fwd": [compiled(ops.Phase.TRAIN).op],
+    }
 
 
 def _build_ops(tf, ops):
@@ -77,6 +108,7 @@ def _build_ops(tf, ops):
         "FixNeuron TRAIN m1 fwd+bwd": [train_fwd.op, train_grad.op],
         "fake_quant fwd": [fq_fwd.op],
         "fake_quant fwd+bwd": [fq_fwd.op] + [g.op for g in fq_grads],
+        "_inputs": (xv, upstream.value()),  # for _build_tf_ops; not timed
     }
 
 
@@ -90,17 +122,20 @@ def main(argv=None):
 
     with tf.Graph().as_default() as graph:
         targets = _build_ops(tf, ops)
+        xv, upstream = targets.pop("_inputs")
+        slow = _build_tf_ops(tf, ops, xv, upstream) if args.tf_ops_runs > 0 else {}
         # Grappler off: it would rewrite x*1.0 into an identity (no copy left to time).
         config = tf.compat.v1.ConfigProto()
         config.graph_options.rewrite_options.disable_meta_optimizer = True
         with tf.compat.v1.Session(graph=graph, config=config) as sess:
             sess.run(tf.compat.v1.global_variables_initializer())
-            for op in targets.values():
-                for _ in range(args.warmup):
+            for name, op in list(targets.items()) + list(slow.items()):
+                for _ in range(args.warmup if name in targets else 1):
                     sess.run(op)
-            times = {name: [] for name in targets}
-            for _ in range(args.runs):
-                for name, op in targets.items():
+            times = {name: [] for name in list(targets) + list(slow)}
+            for run in range(args.runs):
+                todo = dict(targets, **slow) if run < args.tf_ops_runs else targets
+                for name, op in todo.items():
                     start = time.perf_counter()
                     sess.run(op)
                     times[name].append(time.perf_counter() - start)
@@ -125,6 +160,12 @@ def main(argv=None):
     train_bound = 4 * n_bytes / copy_bw
     print(f"TRAIN m1 fwd / its bandwidth bound ({train_bound * 1e3:.2f} ms, 16 bytes/element) "
           f"{med['FixNeuron TRAIN m1 fwd'] / train_bound:.2f}")
+    if slow:
+        print(f"TF-op path (decent_q/ops_tf.py) / kernel, {min(args.runs, args.tf_ops_runs)} "
+              "runs each:")
+        for name in slow:
+            kernel = "FixNeuron " + name.replace("tf_ops ", "").replace("XLA ", "")
+            print(f"  {name:28s} / {kernel:28s} {med[name] / med[kernel]:7.1f}x")
     return 0
 
 

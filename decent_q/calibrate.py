@@ -83,7 +83,8 @@ def calibrate_positions(graph_def, plan, batches, config, progress=None, s_confi
     graph = import_graph(graph_def)
     with graph.as_default():
         built = plan_lib.apply_to_graph(graph, plan, ops.Phase.CALIB,
-                                        arch_type=config.arch_type)
+                                        arch_type=config.arch_type,
+                                        impl=config.fix_neuron_impl)
         hists = ops.histogram_variables(graph)
         # Running a point's output op runs its histogram update (a control dependency);
         # looking the update up by name fails with resource variables (TF2 behaviour on).

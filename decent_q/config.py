@@ -11,6 +11,7 @@ from typing import Dict, List
 from decent_q.errors import ConfigError
 
 ARCH_TYPES = ("DEFAULT", "DPUCADF8H")
+FIX_NEURON_IMPLS = ("auto", "kernel", "tf_ops")  # decent_q.ops.IMPLS
 
 
 def _opt(default, help_text, choices=None, cli=True):
@@ -67,6 +68,11 @@ class QuantizeConfig:
             "deploy form) instead of batch statistics, and the moving averages stop; -1 never "
             "freezes, 0 uses moving statistics from the start (the original's behaviour; the "
             "moving averages keep updating)", cli=False)
+    fix_neuron_impl: str = _opt(
+        "auto", "FixNeuron implementation of live (calibration / QAT) graphs: kernel (C++, CPU "
+                "only), tf_ops (standard TensorFlow ops: GPU, XLA; same numbers) or auto "
+                "(tf_ops under a GPU device scope or with a GPU visible, else kernel)",
+        choices=FIX_NEURON_IMPLS)
     max_dump_batches: int = _opt(1, "dump: number of batches to dump")
     dump_float: int = _opt(0, "dump: 1 also dumps float values", choices=(0, 1))
     dump_input_tensors: str = _opt("", "dump: input tensor name when the graph entrance is not a "

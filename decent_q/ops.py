@@ -21,8 +21,17 @@ A quantization point named ``Q`` (``N/aquant`` or ``W/wquant``) in a live graph 
 
 :func:`decent_q.transforms.finalize.finalize_fix_neurons` turns each such group into one
 ``FixNeuron`` node named ``Q`` with its position set.
+
+Two implementations (``impl``), the same numbers bit for bit:
+
+* ``"kernel"`` -- the C++ kernel (CPU only; the fastest on a CPU).
+* ``"tf_ops"`` -- :mod:`decent_q.ops_tf`, standard TensorFlow ops: runs on GPUs and under XLA.
+  ``Q/fix`` is then an ``IdentityN`` with the same outputs (y, used_pos).
+* ``"auto"`` (the default) -- ``tf_ops`` when the point is built under a GPU device scope (or
+  its input has a GPU device), or with no device given and a GPU visible; else ``kernel``.
 """
 
+import contextlib
 import enum
 import threading
 
@@ -30,6 +39,7 @@ import numpy as np
 import tensorflow as tf
 
 from decent_q import _build
+from decent_q import ops_tf
 
 MIN_POS = -127  # 2^127 is the largest power of two a float32 holds
 MAX_POS = 127
@@ -37,6 +47,7 @@ NUM_POS = MAX_POS - MIN_POS + 1
 ZERO_POS = 127  # the position of an all-zero tensor
 HIST_SUFFIX = "pos_hist"
 POSITIONS_COLLECTION = "decent_q_positions"
+IMPLS = ("auto", "kernel", "tf_ops")
 
 
 class Mode(enum.IntEnum):
@@ -75,9 +86,60 @@ def _fix_neuron_dynamic_grad(_, grad, _unused_pos_grad):
     return grad, None
 
 
+gpu_visible = ops_tf.gpu_visible
+
+
+def _device_type(device):
+    return tf.DeviceSpec.from_string(device or "").device_type or ""
+
+
+def scope_device(graph=None):
+    """The device the current device scopes (strings or functions such as
+    replica_device_setter) give a new op of `graph`; '' when none."""
+    graph = graph or tf.compat.v1.get_default_graph()
+    probe = tf.compat.v1.NodeDef(op="Identity", name="decent_q_probe")
+    try:
+        # pylint: disable=protected-access
+        for spec in graph._device_function_stack.peek_objs():  # innermost first
+            if spec.is_null_merge:
+                continue
+            if spec.function is None:
+                break
+            probe.device = spec.string_merge(probe) or ""
+    except (AttributeError, TypeError):  # a TensorFlow without this internal
+        return ""
+    return probe.device
+
+
+def resolve_impl(impl, x=None, device=None):
+    """'kernel' or 'tf_ops' for a point on tensor `x` built under `device` (see module doc).
+
+    Raises:
+      ValueError: `impl` is not one of IMPLS.
+    """
+    if impl not in IMPLS:
+        raise ValueError(f"FixNeuron impl {impl!r} is not one of {', '.join(IMPLS)}")
+    if impl != "auto":
+        return impl
+    for dev in (device if device is not None else scope_device(),
+                x.op.device if x is not None else ""):
+        kind = _device_type(dev).upper()
+        if kind:
+            return "tf_ops" if kind == "GPU" else "kernel"
+    return "tf_ops" if gpu_visible() else "kernel"
+
+
 def fix_neuron(x, mode, phase=Phase.EVAL, bit_width=8, method=1, quantize_pos=0,
-               arch_type="DEFAULT", name=None):
-    """A stateless ``FixNeuron`` op on tensor ``x`` (EVAL uses ``quantize_pos``)."""
+               arch_type="DEFAULT", name=None, impl="kernel", jit=None):
+    """A stateless ``FixNeuron`` op on tensor ``x`` (EVAL uses ``quantize_pos``).
+
+    ``impl``: "kernel" (default), "tf_ops" or "auto" (see the module doc). ``jit``: for
+    tf_ops, build in an XLA jit scope (None: when a GPU is visible; see decent_q.ops_tf).
+    """
+    if resolve_impl(impl, x if isinstance(x, tf.Tensor) else None) == "tf_ops":
+        return ops_tf.fix_neuron(x, mode=mode, phase=phase, bit_width=bit_width, method=method,
+                                 quantize_pos=quantize_pos, arch_type=arch_type, name=name,
+                                 jit=jit)
     return load_library().fix_neuron(x, bit_width=int(bit_width), method=int(method),
                                       mode=int(mode), phase=int(phase),
                                       quantize_pos=int(quantize_pos), arch_type=arch_type,
@@ -85,8 +147,13 @@ def fix_neuron(x, mode, phase=Phase.EVAL, bit_width=8, method=1, quantize_pos=0,
 
 
 def fix_neuron_dynamic(x, pos, mode, phase, bit_width=8, method=1, arch_type="DEFAULT",
-                       name=None):
-    """A ``FixNeuronDynamic`` op; returns ``(quantized, used_pos)``."""
+                       name=None, impl="kernel", jit=None):
+    """A ``FixNeuronDynamic`` op; returns ``(quantized, used_pos)``. ``impl``, ``jit`` as
+    fix_neuron."""
+    if resolve_impl(impl, x if isinstance(x, tf.Tensor) else None) == "tf_ops":
+        return ops_tf.fix_neuron_dynamic(x, pos, mode=mode, phase=phase, bit_width=bit_width,
+                                         method=method, arch_type=arch_type, name=name,
+                                         jit=jit)
     return load_library().fix_neuron_dynamic(x, pos, bit_width=int(bit_width),
                                              method=int(method), mode=int(mode),
                                              phase=int(phase), arch_type=arch_type, name=name)
@@ -128,35 +195,49 @@ def histogram_variables(graph):
             for v in graph.get_collection(POSITIONS_COLLECTION) if v.op.name.endswith(suffix)}
 
 
-def quantize(x, name, mode, phase, bit_width=8, method=1, arch_type="DEFAULT"):
+def quantize(x, name, mode, phase, bit_width=8, method=1, arch_type="DEFAULT", impl="auto"):
     """Builds a quantization point ``name`` on tensor ``x`` in the default (live) graph.
 
     Args:
       x: float32 tensor to quantize.
       name: the point's full name (``N/aquant`` or ``W/wquant``); must not exist yet.
       mode, phase, bit_width, method, arch_type: as the FixNeuron attributes.
+      impl: "auto" (default), "kernel" or "tf_ops" (see the module doc). With "tf_ops" the
+        computation goes where ``x`` has a device (if it has one) and the histogram and its
+        update stay on the CPU (int32 state; small).
 
     Returns:
       The output tensor of the Identity named ``name``.
     """
-    load_library()
     phase = Phase(phase)
     graph = x.graph
+    with graph.as_default():
+        impl = resolve_impl(impl, x)
+        if impl == "kernel":
+            load_library()
+    # tf.device(None) would clear the caller's device scopes: use no context instead.
+    host = (lambda: graph.device("/device:CPU:0")) if impl == "tf_ops" else contextlib.nullcontext
+    near_x = (lambda: graph.device(x.op.device)) if impl == "tf_ops" and x.op.device \
+        else contextlib.nullcontext
     with graph.as_default(), graph.name_scope(name + "/"):
-        hist = tf.compat.v1.Variable(tf.zeros([NUM_POS], tf.int32), trainable=False,
-                                     name=HIST_SUFFIX,
-                                     collections=[tf.compat.v1.GraphKeys.GLOBAL_VARIABLES,
-                                                  POSITIONS_COLLECTION])
-        if phase == Phase.EVAL:
-            pos = tf.identity(_kept_position(hist.value()), name="pos")
-        else:
-            pos = tf.constant(0, tf.int32, name="pos")
-        y, used = fix_neuron_dynamic(x, pos, mode=mode, phase=phase, bit_width=bit_width,
-                                     method=method, arch_type=arch_type, name="fix")
+        with host():
+            hist = tf.compat.v1.Variable(tf.zeros([NUM_POS], tf.int32), trainable=False,
+                                         name=HIST_SUFFIX,
+                                         collections=[tf.compat.v1.GraphKeys.GLOBAL_VARIABLES,
+                                                      POSITIONS_COLLECTION])
+            if phase == Phase.EVAL:
+                pos = tf.identity(_kept_position(hist.value()), name="pos")
+            else:
+                pos = tf.constant(0, tf.int32, name="pos")
+        with near_x():
+            y, used = fix_neuron_dynamic(x, pos, mode=mode, phase=phase, bit_width=bit_width,
+                                         method=method, arch_type=arch_type, name="fix",
+                                         impl=impl)
         deps = []
         if phase != Phase.EVAL:
-            # tf.group names the update "count" for ref and resource variables alike.
-            deps.append(tf.group(tf.compat.v1.assign_add(
-                hist, tf.one_hot(used - MIN_POS, NUM_POS, dtype=tf.int32)), name="count"))
+            with host():
+                # tf.group names the update "count" for ref and resource variables alike.
+                deps.append(tf.group(tf.compat.v1.assign_add(
+                    hist, tf.one_hot(used - MIN_POS, NUM_POS, dtype=tf.int32)), name="count"))
     with graph.as_default(), graph.name_scope(None), graph.control_dependencies(deps):
         return tf.identity(y, name=name)

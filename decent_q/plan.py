@@ -468,8 +468,10 @@ def _rewire_inputs(node, rewire):
                 break
 
 
-def apply_to_graph(graph, plan, phase, arch_type="DEFAULT"):
+def apply_to_graph(graph, plan, phase, arch_type="DEFAULT", impl="auto"):
     """Builds every point of `plan` in the live `graph` (in place) and rewires its consumers.
+
+    `impl` chooses the FixNeuron implementation (decent_q.ops.quantize: auto, kernel, tf_ops).
 
     Returns:
       {point name: output tensor}.
@@ -484,7 +486,8 @@ def apply_to_graph(graph, plan, phase, arch_type="DEFAULT"):
         else:
             targets = [(graph.get_operation_by_name(c), i) for c, i in point.consumers]
         out = ops.quantize(tensor, point.name, mode=point.mode, phase=phase,
-                           bit_width=point.bit_width, method=point.method, arch_type=arch_type)
+                           bit_width=point.bit_width, method=point.method, arch_type=arch_type,
+                           impl=impl)
         for op, index in targets:
             op._update_input(index, out)  # pylint: disable=protected-access
         built[point.name] = out

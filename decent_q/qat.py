@@ -219,7 +219,8 @@ def _rewrite(graph, config, phase):
         raise QuantizeError("no conv / depthwise / MatMul layer found between input_nodes "
                             f"{config.input_nodes} and output_nodes {config.output_nodes}; "
                             "check the node names")
-    plan_lib.apply_to_graph(graph, plan, phase, arch_type=config.arch_type)
+    plan_lib.apply_to_graph(graph, plan, phase, arch_type=config.arch_type,
+                            impl=config.fix_neuron_impl)
     if phase == ops.Phase.TRAIN:
         # A loss built after the rewrite from the user's Python `logits` tensor reads the float
         # output, so nothing would run the output points' counters: UPDATE_OPS (run with the

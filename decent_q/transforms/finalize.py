@@ -6,6 +6,9 @@ into constants and small ops::
     Q/pos_hist (Const)  ->  Q/pos (kept position)  --+
     x ---------------------------------------------> Q/fix (FixNeuronDynamic, EVAL) -> Q (Identity)
 
+(on the TF-op path, ``Q/fix`` is an ``IdentityN(y, used_pos, x)`` carrying the FixNeuron
+attributes as ``_fix_*``, fed by the ops under ``Q/fix_ops/``; see :mod:`decent_q.ops_tf`)
+
 :func:`finalize_fix_neurons` replaces each group by ``Q = FixNeuron(x, quantize_pos=p)`` with
 ``p`` = the histogram's most frequent position (ties to the smaller; ops.kept_position_np), the
 same position the live ``Q/pos`` computes. :func:`finalize` then runs the inference clean-up,
@@ -16,6 +19,7 @@ constants. Pure: GraphDef in, new GraphDef out.
 import tensorflow as tf
 
 from decent_q import ops
+from decent_q import ops_tf
 from decent_q.errors import QuantizeError
 from decent_q.graph import utils
 from decent_q.transforms import cleanup
@@ -23,10 +27,27 @@ from decent_q.transforms import cleanup
 _FIX_SUFFIX = "/fix"
 
 
+_ATTRS = ("bit_width", "method", "mode", "phase", "arch_type")
+
+
+def _is_fix(node):
+    if not node.name.endswith(_FIX_SUFFIX):
+        return False
+    return node.op == "FixNeuronDynamic" or (
+        node.op == "IdentityN" and ops_tf.ATTR_PREFIX + "mode" in node.attr)
+
+
 def quantization_groups(graph_def):
-    """{point name Q: its FixNeuronDynamic NodeDef}, sorted by name."""
+    """{point name Q: its FixNeuronDynamic (or TF-op IdentityN) NodeDef}, sorted by name."""
     return {n.name[:-len(_FIX_SUFFIX)]: n for n in sorted(graph_def.node, key=lambda n: n.name)
-            if n.op == "FixNeuronDynamic" and n.name.endswith(_FIX_SUFFIX)}
+            if _is_fix(n)}
+
+
+def fix_attrs(fix):
+    """(quantized input x, {FixNeuron attr: AttrValue}) of a group's ``Q/fix`` node."""
+    if fix.op == "FixNeuronDynamic":
+        return fix.input[0], {key: fix.attr[key] for key in _ATTRS}
+    return fix.input[2], {key: fix.attr[ops_tf.ATTR_PREFIX + key] for key in _ATTRS}
 
 
 def kept_positions(graph_def):
@@ -58,19 +79,20 @@ def finalize_fix_neurons(graph_def, keep=()):
     groups = quantization_groups(graph_def)
     positions = kept_positions(graph_def)
     for name, fix in groups.items():
-        if fix.attr["phase"].i != ops.Phase.EVAL:
+        phase = fix_attrs(fix)[1]["phase"].i
+        if phase != ops.Phase.EVAL:
             raise QuantizeError(f"quantization point {name} is in phase "
-                                f"{ops.Phase(fix.attr['phase'].i).name}, not EVAL: freeze the "
+                                f"{ops.Phase(phase).name}, not EVAL: freeze the "
                                 "graph of CreateQuantizeEvaluationGraph, not the training graph")
     nodes = []
     for node in graph_def.node:
         if node.name in groups:
-            fix = groups[node.name]
-            new = utils.make_node("FixNeuron", node.name, [fix.input[0]],
+            x, attrs = fix_attrs(groups[node.name])
+            new = utils.make_node("FixNeuron", node.name, [x],
                                   T=tf.float32, quantize_pos=positions[node.name], phase=1,
                                   output_dir="")
             for key in ("bit_width", "method", "mode", "arch_type"):
-                new.attr[key].CopyFrom(fix.attr[key])
+                new.attr[key].CopyFrom(attrs[key])
             nodes.append(new)
         else:
             nodes.append(node)
