@@ -260,6 +260,7 @@ class _Finder:
         declared = self.declared.get(conv.name)
         if declared is not None:
             nodes, first_input, bias = self.declared_chain(declared, data)
+            weight = tensor_name(declared.weights)
         else:
             nodes, first_input, bias = self.chain(conv, data)
         last = nodes[-1]
@@ -284,9 +285,12 @@ class _Finder:
             key = _first_named(cfg.nodes_bit, (node_name(weight), node_name(wbase)), conv.name)
             mkey = _first_named(cfg.nodes_method, (node_name(weight), node_name(wbase)),
                                 conv.name)
+            weight_consumers = ((conv.name, spec.weight_index),)
+            if declared is not None:
+                weight_consumers = declared.weights_consumers
             weight_point = self.add(weight, "weight", spec.mode,
                                     cfg.bit_width(key, cfg.weight_bit), cfg.method_for(mkey),
-                                    consumers=((conv.name, spec.weight_index),),
+                                    consumers=weight_consumers,
                                     name=point_name(weight, "wquant"))
             if bias is not None:
                 bbase = _weight_base(self.nm, bias)

@@ -91,18 +91,20 @@ def test_fold_equals_batch_norm(kind, bias, is_training):
     bn_name, scope = result.folded[0]
     out = graph.get_operation_by_name("out")
     conv = graph.get_operation_by_name(f"{scope}/conv")
-    assert conv.inputs[1].name == f"{scope}/weights:0"
     assert f"{scope}/bias:0" in result.parameters
     if is_training:
-        # One conv; the original batch norm normalises its unscaled output.
+        # One conv, reading the folded weights unscaled again; the original batch norm
+        # normalises its output.
+        assert conv.inputs[1].name == f"{scope}/conv_weights:0"
         assert out.inputs[0].name == f"{bn_name}:0"
-        unscale = graph.get_operation_by_name(f"{scope}/unscale")
         assert graph.get_operation_by_name(bn_name) in [
-            c for op in [unscale] + unscale.outputs[0].consumers() for c in op.outputs[0].consumers()]
+            c for op in [conv] + conv.outputs[0].consumers() for c in op.outputs[0].consumers()]
         layer = result.layers[conv.name]
+        assert layer.weights == f"{scope}/weights:0" and layer.weights_consumers
         assert layer.nodes[0] == conv.name and layer.nodes[-1] == bn_name
         assert layer.bias_consumer is None and bn_name not in result.exclude
     else:
+        assert conv.inputs[1].name == f"{scope}/weights:0"
         assert out.inputs[0].name == f"{scope}/BiasAdd:0"
         assert bn_name in result.exclude and not result.layers
     np.testing.assert_allclose(run(graph, sess), before, atol=1e-5, rtol=1e-5)

@@ -86,17 +86,19 @@ def test_training_graph_structure(tmp_path):
                     and op.outputs[0].consumers()]
         assert len(computes) == 4
         for op in computes:
-            assert op.inputs[1].op.name.endswith("/wquant"), op.name
-            assert graph.get_operation_by_name(op.inputs[1].op.name + "/fix") \
+            weights = op.inputs[1].op
+            if weights.name.endswith("BatchNorm_Fold/conv_weights"):  # Q(W*s) unscaled
+                weights = weights.inputs[0].op.inputs[0].op
+            assert weights.name.endswith("/wquant"), op.name
+            assert graph.get_operation_by_name(weights.name + "/fix") \
                 .get_attr("phase") == ops.Phase.TRAIN
         assert graph.get_operation_by_name("dw2/BatchNorm_Fold/weights/wquant/fix") \
             .get_attr("mode") == ops.Mode.DW_WEIGHT
-        # Layer: folded conv -> unscale -> the batch norm -> relu -> aquant feeds the next layer.
+        # Layer: folded conv (quantized weights, unscaled) -> the batch norm -> relu -> aquant
+        # feeds the next layer.
         relu = graph.get_operation_by_name("conv1/Relu")
         assert relu.inputs[0].op.name == "conv1/BatchNorm/FusedBatchNormV3"
-        assert relu.inputs[0].op.inputs[0].op.name == "conv1/BatchNorm_Fold/unscale"
-        assert graph.get_operation_by_name("conv1/BatchNorm_Fold/unscale").inputs[0].op.name \
-            == "conv1/BatchNorm_Fold/conv"
+        assert relu.inputs[0].op.inputs[0].op.name == "conv1/BatchNorm_Fold/conv"
         assert [c.name for c in relu.outputs[0].consumers()] == ["conv1/Relu/aquant/fix"]
         with pytest.raises(QuantizeError, match="already a quantize train graph"):
             decent_q.CreateQuantizeTrainingGraph(config=config(tmp_path))

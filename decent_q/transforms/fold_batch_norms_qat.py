@@ -24,26 +24,29 @@ evaluation graph, so one checkpoint serves both), with sigma = sqrt(var + eps)::
 Inference (evaluation graph, a batch norm with is_training=False, or training after the freeze
 step) computes ``F/BiasAdd``: exactly what the deploy model computes.
 
-Training with batch statistics runs the conv ONCE, with the quantized folded weights, and lets
-the original batch norm normalise its output (Jacob et al. 2018's one-conv form, as PyTorch's
-QAT ConvBn modules)::
+Training with batch statistics runs the conv ONCE, with the quantized folded weights unscaled
+again, and lets the original batch norm normalise its output (Jacob et al. 2018's one-conv form,
+as PyTorch's QAT ConvBn modules)::
 
-    F/unscale = F/conv * (1 / F/scale)    (0 where F/scale == 0: such a channel outputs beta)
-    out       = BatchNorm_train(F/unscale [+ b])       (the original batch-norm op, rewired)
+    F/conv_weights = Q(F/weights) * (1 / F/scale)  (0 where F/scale == 0: the channel outputs beta)
+    F/conv    = conv(x, F/conv_weights)
+    out       = BatchNorm_train(F/conv [+ b])          (the original batch-norm op, rewired)
 
-F/unscale is conv(x, W) up to the weight quantization, so ``out`` is the training batch norm of
-the quantized layer, and the gradient is that of this function, batch statistics included (the
-batch norm's own gradient). Stopping the gradient through the batch mean and variance instead
-(the two-conv form of tf.contrib.quantize with constant statistics) does not learn on nets that
-end in global pooling: there the loss gradient is nearly constant over each channel's positions,
-mostly along the direction the batch mean removes, and only the mean's gradient cancels it.
-The batch norm's moving averages update as before (its batch outputs and UPDATE_OPS are
-untouched); they now track the quantized layer, as in PyTorch.
+F/conv is conv(x, W) up to the weight quantization (the same as conv(x, Q(F/weights)) / F/scale,
+with a weight-sized multiply instead of an activation-sized one), so ``out`` is the training
+batch norm of the quantized layer, and the gradient is that of this function, batch statistics
+included (the batch norm's own gradient). Stopping the gradient through the batch mean and
+variance instead (the two-conv form of tf.contrib.quantize with constant statistics) does not
+learn on nets that end in global pooling: there the loss gradient is nearly constant over each
+channel's positions, mostly along the direction the batch mean removes, and only the mean's
+gradient cancels it. The batch norm's moving averages update as before (its batch outputs and
+UPDATE_OPS are untouched); they now track the quantized layer, as in PyTorch.
 
 ``freeze_step`` (QuantizeConfig.fold_bn_freeze_step): -1 never freezes; k > 0 switches to the
-inference form once the global step reaches k (``F/output = where(frozen, F/BiasAdd, out)``);
-0 uses the inference form from the start (the original vai_q_tensorflow's moving-statistics
-fold) while the batch norm still runs on F/unscale for the moving averages. Batch-norm
+inference form once the global step reaches k (F/conv then reads Q(F/weights), and
+``F/output = where(frozen, F/BiasAdd, out)``; the moving averages stop); 0 uses the inference
+form from the start (the original vai_q_tensorflow's moving-statistics fold) while the batch
+norm still runs on ``F/unscale = F/conv * (1 / F/scale)`` for the moving averages. Batch-norm
 variables keep their names, so float checkpoints restore.
 
 The original conv (no consumers left) and the fold's parameter arithmetic are reported in
@@ -75,7 +78,9 @@ class FoldedLayer:
     ``nodes`` run from ``F/conv`` to ``nodes[-1]``, the op whose output the activation (or the
     next layer) reads. ``bias_consumer`` is the (op, input index) reading ``F/bias``, or None
     where the forward pass does not read it (its point is still built: its histogram gives the
-    evaluation graph's bias position). ``output_name`` is the name of the inference form's
+    evaluation graph's bias position). ``weights_consumers`` are the (op, input index) pairs that
+    read ``F/weights`` (F/conv, or the ops that unscale them for it). ``output_name`` is the name
+    of the inference form's
     output op, ``F/BiasAdd``: a layer with no activation after it names its output point after
     it, as the evaluation graph does, so both graphs have the same points.
     """
@@ -84,6 +89,7 @@ class FoldedLayer:
     bias: str
     bias_consumer: Optional[Tuple[str, int]]
     output_name: str
+    weights_consumers: Tuple[Tuple[str, int], ...] = ()  # (op, input index) reading F/weights
 
 
 @dataclasses.dataclass
@@ -270,8 +276,20 @@ def _fold(graph, m, freeze_step):
         scale = tf.multiply(gamma, tf.math.rsqrt(moving_var + eps), name="scale")
         weights = tf.identity(_scale_weights(m.conv.inputs[spec.weight_index], scale, m.conv),
                               name="weights")
+        conv_weights = weights
+        if training and freeze_step != 0:
+            # The conv reads Q(W * scale) / scale (0 where scale == 0): it outputs the float
+            # conv's scale for the batch norm, and the unscaling costs a weight-sized multiply
+            # instead of an activation-sized one. From the freeze step on it reads Q(W * scale).
+            inverse = tf.math.divide_no_nan(tf.ones_like(scale), scale, name="inverse_scale")
+            conv_weights = _scale_weights(weights, inverse, m.conv)
+            if step is not None:
+                frozen = tf.greater_equal(step, tf.cast(freeze_step, step.dtype),
+                                          name="frozen")
+                conv_weights = tf.where(frozen, weights, conv_weights)
+            conv_weights = tf.identity(conv_weights, name="conv_weights")
         conv_inputs = list(m.conv.inputs)
-        conv_inputs[spec.weight_index] = weights
+        conv_inputs[spec.weight_index] = conv_weights
         conv = _copy_op(m.conv, conv_inputs, name="conv").outputs[0]
         out = conv
         if m.space_to_batch is not None:
@@ -282,20 +300,21 @@ def _fold(graph, m, freeze_step):
         inference = None
         if not training or freeze_step >= 0:
             inference = tf.nn.bias_add(out, bias, name="BiasAdd")
-        if training:
-            # The batch norm reads the unscaled quantized conv (through the original bias op,
-            # whose variable keeps its name).
-            # x * (1 / scale) costs less than x / scale in the backward pass.
+        unscaled = out
+        if training and freeze_step == 0:
+            # The deploy form from the start; the batch norm runs on the unscaled conv only
+            # for its moving averages.
             inverse = tf.math.divide_no_nan(tf.ones_like(scale), scale, name="inverse_scale")
-            unscale = tf.multiply(out, inverse, name="unscale")
-            _replace_input(m.bias_op or bn,
-                           (m.space_to_batch or m.conv).outputs[0], unscale)
+            unscaled = tf.multiply(out, inverse, name="unscale")
+        if training:
+            # The batch norm reads the float-scale conv output (through the original bias op,
+            # whose variable keeps its name).
+            _replace_input(m.bias_op or bn, (m.space_to_batch or m.conv).outputs[0], unscaled)
         if not training or freeze_step == 0:
             result = inference
         elif step is None:
             result = bn.outputs[0]
         else:
-            frozen = tf.greater_equal(step, tf.cast(freeze_step, step.dtype), name="frozen")
             result = tf.where(frozen, inference, bn.outputs[0], name="output")
             # Frozen statistics stay frozen: the moving-average updates then read the moving
             # statistics themselves (no change), as PyTorch's freeze_bn.
@@ -307,7 +326,7 @@ def _fold(graph, m, freeze_step):
     if result is inference:
         main = [conv.op, out.op, inference.op]
     else:
-        main = [conv.op, out.op, unscale.op] + original
+        main = [conv.op, out.op] + original
         if result is not bn.outputs[0]:
             main += [inference.op, result.op]
     main = [op.name for op in dict.fromkeys(main)]  # without atrous, out is F/conv
@@ -319,8 +338,10 @@ def _fold(graph, m, freeze_step):
     if training:
         reader = (inference.op.name, 1) if inference is not None and \
             inference.op.name in main else None
+        readers = tuple((op.name, i) for op in weights.consumers()
+                        for i, t in enumerate(op.inputs) if t is weights)
         layer = FoldedLayer(tuple(main), weights.name, bias.name, reader,
-                            f"{scope}/BiasAdd")
+                            f"{scope}/BiasAdd", readers)
     return scope, [bias.name], created + dead, layer
 
 
