@@ -163,7 +163,7 @@ def test_forward_differs_from_the_two_conv_form_only_by_the_weight_quantization(
     """The QAT training layer (one conv with quantized folded weights, normalised by the batch
     statistics of its own output) against the two-conv form (the batch statistics of the float
     conv, as decent_q computed before): the same function up to where the weight quantization
-    sits. At 8 bit they differ by ~1 % of the output's spread."""
+    sits. At 8 bit they differ by at most 0.85 % of the output's standard deviation here."""
     import decent_q  # pylint: disable=import-outside-toplevel,redefined-outer-name
     graph, sess = build("conv", True)
     sess.close()
@@ -185,6 +185,7 @@ def test_forward_differs_from_the_two_conv_form_only_by_the_weight_quantization(
     two_conv = quantized_conv * np.sqrt(mv + eps) / np.sqrt(var + eps) + \
         (b - g * mean / np.sqrt(var + eps))
     difference = np.abs(new - two_conv).max() / new.std()
+    print(f"one-conv vs two-conv form: max |difference| = {difference:.4f} of the output std")
     assert 1e-4 < difference < 0.05, difference
 
 
