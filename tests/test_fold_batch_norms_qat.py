@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 import tf_slim as slim
 
-import decent_q  # noqa: F401  (registers the contrib aliases slim.batch_norm needs)
+import decent_q  # (also registers the contrib aliases slim.batch_norm needs)
 from decent_q.transforms import fold_batch_norms_qat as fold
 
 RNG = np.random.default_rng(0)
@@ -164,7 +164,6 @@ def test_forward_differs_from_the_two_conv_form_only_by_the_weight_quantization(
     statistics of its own output) against the two-conv form (the batch statistics of the float
     conv, as decent_q computed before): the same function up to where the weight quantization
     sits. At 8 bit they differ by at most 0.85 % of the output's standard deviation here."""
-    import decent_q  # pylint: disable=import-outside-toplevel,redefined-outer-name
     graph, sess = build("conv", True)
     sess.close()
     with graph.as_default():
