@@ -12,7 +12,6 @@ that builds the float graph in the default graph; ``logits`` is the output node
 ``logits/BiasAdd``.
 """
 
-import glob
 import os
 import random
 import sys
@@ -24,6 +23,7 @@ import tf_slim as slim
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                 "examples"))
 import data  # noqa: E402  pylint: disable=wrong-import-position
+import eval as qat_eval  # noqa: E402  examples/eval.py  pylint: disable=wrong-import-position,redefined-builtin
 
 import decent_q  # noqa: E402  pylint: disable=wrong-import-position
 
@@ -193,16 +193,7 @@ def deploy(build, checkpoint, q_config):
 
 
 def model_accuracy(path):
-    """Held-out accuracy of a written model (.pb), e.g. quantize_eval_model.pb."""
-    graph_def = tf.compat.v1.GraphDef()
-    with open(path, "rb") as f:
-        graph_def.ParseFromString(f.read())
-    graph = tf.Graph()
-    with graph.as_default():
-        tf.graph_util.import_graph_def(graph_def, name="")
-        with tf.compat.v1.Session() as sess:
-            return _accuracy(lambda x: sess.run(f"{OUTPUT_NODE}:0", {f"{INPUT_NODE}:0": x}))
-
-
-def latest_model(output_dir):
-    return sorted(glob.glob(os.path.join(output_dir, "quantize_eval_model_*.pb")))[-1]
+    """Held-out accuracy of a written model (.pb), e.g. quantize_eval_model.pb (the QAT
+    example's eval.py measures its models the same way)."""
+    _, _, test_x, test_y = data.load()
+    return qat_eval.model_accuracy(path, test_x, test_y, OUTPUT_NODE)

@@ -321,7 +321,8 @@ def _fold(graph, m, freeze_step):
             for k, moving in ((1, moving_mean), (2, moving_var)):
                 held = tf.where(frozen, moving, bn.outputs[k], name=f"frozen_statistic_{k}")
                 _rewire_consumers(bn.outputs[k], held, skip=(held.op,))
-    _rewire_consumers(bn.outputs[0], result, skip=(result.op,))
+    if result is not bn.outputs[0]:
+        _rewire_consumers(bn.outputs[0], result, skip=(result.op,))
     original = [op for op in (m.bias_op, bn) if op is not None]
     if result is inference:
         main = [conv.op, out.op, inference.op]
