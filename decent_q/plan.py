@@ -18,7 +18,7 @@ A compute layer, found forwards from its compute op (SPEC.md "Where FixNeurons g
 
 Every intermediate op must have one consumer; the last op gets ``aquant``. The layers that
 QAT's batch-norm fold builds in a training graph are declared by the fold instead
-(:class:`decent_q.transforms.fold_batch_norms_qat.FoldedLayer`: conv -> unscale -> batch norm
+(:class:`decent_q.live.fold_batch_norms.FoldedLayer`: conv -> unscale -> batch norm
 -> ...); the activation after them is matched as above.
 """
 
@@ -350,7 +350,7 @@ class _Finder:
 
     def declared_chain(self, layer, data):
         """The nodes, data input and bias of a layer the QAT fold declared (see
-        fold_batch_norms_qat.FoldedLayer); its bias point is placed by bias_consumer."""
+        live.fold_batch_norms.FoldedLayer); its bias point is placed by bias_consumer."""
         nodes = list(layer.nodes) + self.match_activation(self.nm[layer.nodes[-1]])
         producer = self.nm.producer(data)
         if producer is not None and producer.op == "SpaceToBatchND":  # atrous, as chain()
@@ -481,6 +481,7 @@ def apply_to_graph(graph, plan, phase, arch_type="DEFAULT", impl="auto"):
       {point name: output tensor}.
     """
     from decent_q import ops  # pylint: disable=import-outside-toplevel
+    from decent_q.live import edit  # pylint: disable=import-outside-toplevel
     built = {}
     for point in plan.points:
         tensor = graph.get_tensor_by_name(point.tensor)
@@ -493,6 +494,6 @@ def apply_to_graph(graph, plan, phase, arch_type="DEFAULT", impl="auto"):
                            bit_width=point.bit_width, method=point.method, arch_type=arch_type,
                            impl=impl)
         for op, index in targets:
-            op._update_input(index, out)  # pylint: disable=protected-access
+            edit.set_input(op, index, out)
         built[point.name] = out
     return built

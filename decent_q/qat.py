@@ -7,8 +7,8 @@
                  deploy_model_<suffix>.pb
 
 Both rewrites compose the same passes on the live default graph: batch-norm folding
-(:mod:`decent_q.transforms.fold_batch_norms_qat`), simulate_dpu with scale_all_avgpool (as in
-post-training quantization, :func:`decent_q.transforms.simulate_dpu.simulate_dpu_in_graph`),
+(:mod:`decent_q.live.fold_batch_norms`), simulate_dpu with scale_all_avgpool (as in
+post-training quantization, :mod:`decent_q.live.simulate_dpu`),
 the planner (:mod:`decent_q.plan`) and the live applier. :data:`QAT_OPTIONS` lists the
 QuantizeConfig options QAT reads. Variables keep their float names; the only new variables are the position
 histograms ``<point>/pos_hist`` (and ``global_step`` when ``fold_bn_freeze_step > 0`` needs one
@@ -33,11 +33,12 @@ from decent_q import plan as plan_lib
 from decent_q.config import DEFAULTS, QuantizeConfig
 from decent_q.errors import ConfigError, QuantizeError
 from decent_q.graph import utils
+from decent_q.live import cleanup as live_cleanup
+from decent_q.live import edit
+from decent_q.live import fold_batch_norms as live_fold
+from decent_q.live import simulate_dpu as live_simulate_dpu
 from decent_q.transforms import cleanup
 from decent_q.transforms import finalize as finalize_lib
-from decent_q.transforms import fold_batch_norms_qat
-from decent_q.transforms import inline_functions
-from decent_q.transforms import simulate_dpu
 
 log = logging.getLogger("decent_q")
 
@@ -54,7 +55,7 @@ def CreateQuantizeTrainingGraph(config=None):  # pylint: disable=invalid-name
     Call it after building the float model and before creating the optimizer. Batch norms are
     folded: one conv with the quantized folded weights, normalised by the batch norm op with
     batch statistics until ``config.fold_bn_freeze_step`` (see
-    :mod:`decent_q.transforms.fold_batch_norms_qat`);
+    :mod:`decent_q.live.fold_batch_norms`);
     FixNeurons in TRAIN phase quantize weights, biases, activations and inputs. Writes
     ``output_dir/quantize_train_graph.pb``.
 
@@ -181,7 +182,7 @@ def switch_to_evaluation(graph):
             continue
         with graph.as_default(), graph.name_scope(f"{point}/eval_pos/"):
             pos = ops.kept_position(hist)
-        fix._update_input(1, pos)  # pylint: disable=protected-access
+        edit.set_input(fix, 1, pos)
         fix._set_attr("phase", tf.compat.v1.AttrValue(i=int(ops.Phase.EVAL)))  # pylint: disable=protected-access
         graph.get_operation_by_name(point)._remove_all_control_inputs()  # pylint: disable=protected-access
     graph.clear_collection(_QAT_COLLECTION)
@@ -201,17 +202,15 @@ def float_variables(graph=None):
 
 def _rewrite(graph, config, phase):
     keep = list(config.input_nodes) + list(config.output_nodes)
-    _inline_calls(graph, config)
     # The same clean-up in both phases, so both graphs get the same quantization points.
-    _remove_dropout(graph, config, phase)
-    _bypass_identities(graph, config)
+    live_cleanup.clean_for_training(graph, config, phase)
     freeze_step = config.fold_bn_freeze_step if phase == ops.Phase.TRAIN else 0
-    folded = fold_batch_norms_qat.fold_batch_norms(graph, freeze_step, keep=keep)
+    folded = live_fold.fold_batch_norms(graph, freeze_step, keep=keep)
     if config.simulate_dpu:
         nm = utils.NodeMap(graph.as_graph_def())
         scope = utils.range_nodes(nm, config.input_nodes, config.output_nodes) - \
             set(folded.exclude)
-        simulate_dpu.simulate_dpu_in_graph(graph, config, scope)
+        live_simulate_dpu.simulate_dpu(graph, config, scope)
     plan = plan_lib.plan_quantization(graph.as_graph_def(), config,
                                       parameters=folded.parameters, exclude=folded.exclude,
                                       layers=folded.layers)
@@ -313,61 +312,6 @@ def _check_inference_phase(graph, config):
                 "evaluation graph in inference phase: is_training=False for tf.layers / slim, "
                 "and for Keras call tf_keras.backend.clear_session() then "
                 "tf_keras.backend.set_learning_phase(0) before building the model")
-
-
-def _inline_calls(graph, config):
-    """Inlines the function calls in the range (Keras' grouped convolutions), so their
-    convolutions are folded and quantized like any other (live graph, in place)."""
-    nm = utils.NodeMap(graph.as_graph_def())
-    in_range = utils.range_nodes(nm, config.input_nodes, config.output_nodes)
-    calls = sorted(n for n in in_range - set(config.output_nodes)
-                   if nm[n].op in inline_functions.CALL_OPS)
-    if calls:
-        inline_functions.inline_calls_in_graph(graph, calls)
-        log.info("inlined %d function call(s)", len(calls))
-
-
-def _bypass_identities(graph, config):
-    """Rewires the consumers of each Identity in the range (Keras' inference dropout, tf.identity
-    aliases) to its input, so no quantization point lands on an alias (live graph, in place)."""
-    gd = graph.as_graph_def()
-    nm = utils.NodeMap(gd)
-    keep = set(config.input_nodes) | set(config.output_nodes)
-    for name in sorted(utils.range_nodes(nm, config.input_nodes, config.output_nodes) - keep):
-        op = graph.get_operation_by_name(name)
-        if op.type != "Identity" or op.control_inputs or len(op.inputs) != 1:
-            continue
-        for consumer in op.outputs[0].consumers():
-            for index, tensor in enumerate(consumer.inputs):
-                if tensor is op.outputs[0]:
-                    consumer._update_input(index, op.inputs[0])  # pylint: disable=protected-access
-
-
-def _remove_dropout(graph, config, phase):
-    """Rewires consumers of each dropout in the range to the dropout's input (live graph).
-
-    QAT fine-tunes without dropout (guide 4.2.2.3), and the evaluation graph has none: removing
-    it from both graphs also gives them the same quantization points. The dropout is found on
-    a copy of the GraphDef by cleanup.remove_dropout; its rewiring is applied here.
-    """
-    gd = graph.as_graph_def()
-    nm = utils.NodeMap(gd)
-    in_range = utils.range_nodes(nm, config.input_nodes, config.output_nodes)
-    if not any(nm[n].op.startswith("Random") for n in nm.nodes):
-        return
-    cleaned = cleanup.remove_dropout(gd, keep=list(config.output_nodes))
-    new_inputs = {n.name: list(n.input) for n in cleaned.node}
-    for name in sorted(in_range):
-        if name not in new_inputs:
-            continue
-        op = graph.get_operation_by_name(name)
-        data = [i for i in new_inputs[name] if not utils.is_control(i)]
-        for index, (old, new) in enumerate(zip(op.inputs, data)):
-            if old.name != utils.tensor_name(new):
-                op._update_input(index, graph.get_tensor_by_name(  # pylint: disable=protected-access
-                    utils.tensor_name(new)))
-                (log.warning if phase == ops.Phase.TRAIN else log.info)(
-                    "dropout removed in front of %s (QAT fine-tunes without dropout)", name)
 
 
 # -- deploy ---------------------------------------------------------------------------------

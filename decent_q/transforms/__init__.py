@@ -1,14 +1,21 @@
 """Graph passes: each a pure GraphDef -> GraphDef function, one pass a module.
 
-Two ordered pass lists, shared by post-training quantization and QAT deploy::
+Two ordered pass lists, registered by name below and shared by post-training quantization and
+QAT deploy::
 
-    float frozen graph --prepare_float_graph--> clean_for_inference -> fold_batch_norms
-                                                 -> [cross_layer_equalize] -> [simulate_dpu]
-                                                 -> restore_outside (the range's outside as it was)
-    eval model --adjust_positions--> align_concat -> [adjust_shift_cut] -> [adjust_shift_bias]
+    FLOAT_PASSES (float frozen graph, before planning):
+        clean_for_inference -> fold_batch_norms -> [cross_layer_equalize] -> [simulate_dpu],
+        then restore_outside (the range's outside as it was)
+    POSITION_PASSES (eval model, only ``quantize_pos`` changes):
+        align_concat -> [adjust_shift_cut] -> [adjust_shift_bias]
+
+A pass in brackets runs when its config option asks for it. Live-graph rewrites (QAT) are in
+:mod:`decent_q.live`.
 """
 
 import collections
+import dataclasses
+from typing import Callable
 
 from decent_q.graph import utils
 # Submodules first: fold_batch_norms imports cleanup through this package.
@@ -25,8 +32,43 @@ def keep_nodes(config):
     return list(dict.fromkeys(list(config.input_nodes) + list(config.output_nodes)))
 
 
+@dataclasses.dataclass(frozen=True)
+class Pass:
+    """A registered pass: ``run(graph_def, config, keep)`` when ``enabled(config)``."""
+    name: str
+    run: Callable
+    enabled: Callable = lambda config: True
+
+
+FLOAT_PASSES = (
+    Pass("clean_for_inference", lambda gd, config, keep: cleanup.clean_for_inference(gd, keep)),
+    Pass("fold_batch_norms", lambda gd, config, keep: _fold.fold_batch_norms(gd, keep)),
+    Pass("cross_layer_equalize", lambda gd, config, keep: _cle.cross_layer_equalize(gd, config),
+         lambda config: bool(config.do_cle)),
+    Pass("simulate_dpu", lambda gd, config, keep: _simulate.simulate_dpu(gd, config),
+         lambda config: bool(config.simulate_dpu)),
+)
+
+POSITION_PASSES = (
+    Pass("align_concat", lambda gd, config, keep: _align.align_concat(gd, config)),
+    Pass("adjust_shift_cut", lambda gd, config, keep: _shifts.adjust_shift_cut(gd, config),
+         lambda config: bool(config.adjust_shift_cut)),
+    Pass("adjust_shift_bias", lambda gd, config, keep: _shifts.adjust_shift_bias(gd, config),
+         lambda config: bool(config.adjust_shift_bias)),
+)
+
+
+def run_passes(passes, graph_def, config):
+    """Runs the enabled passes of `passes` in order."""
+    keep = keep_nodes(config)
+    for registered in passes:
+        if registered.enabled(config):
+            graph_def = registered.run(graph_def, config, keep)
+    return graph_def
+
+
 def prepare_float_graph(graph_def, config):
-    """The float passes before planning, in order (see the module docstring).
+    """:data:`FLOAT_PASSES` on a frozen float GraphDef, then :func:`restore_outside`.
 
     Args:
       graph_def: a frozen float GraphDef.
@@ -36,15 +78,7 @@ def prepare_float_graph(graph_def, config):
     Returns:
       A new GraphDef, ready for :func:`decent_q.plan.plan_quantization`.
     """
-    keep = keep_nodes(config)
-    original = graph_def
-    graph_def = cleanup.clean_for_inference(graph_def, keep)
-    graph_def = _fold.fold_batch_norms(graph_def, keep)
-    if config.do_cle:
-        graph_def = _cle.cross_layer_equalize(graph_def, config)
-    if config.simulate_dpu:
-        graph_def = _simulate.simulate_dpu(graph_def, config)
-    return restore_outside(original, graph_def, config)
+    return restore_outside(graph_def, run_passes(FLOAT_PASSES, graph_def, config), config)
 
 
 def quantize_scope(graph_def, config):
@@ -95,19 +129,15 @@ def restore_outside(original, prepared, config):
 
 
 def adjust_positions(eval_graph_def, config):
-    """The position passes on an eval model, in order; they only change ``quantize_pos``.
+    """:data:`POSITION_PASSES` on an eval model; they only change ``quantize_pos``.
 
     align_concat (config.align_concat: 0 all, 1 output concats, 2 none), then
     adjust_shift_cut if config.adjust_shift_cut, then adjust_shift_bias if
     config.adjust_shift_bias (1 static, 2 dynamic constraints).
     """
-    graph_def = _align.align_concat(eval_graph_def, config)
-    if config.adjust_shift_cut:
-        graph_def = _shifts.adjust_shift_cut(graph_def, config)
-    if config.adjust_shift_bias:
-        graph_def = _shifts.adjust_shift_bias(graph_def, config)
-    return graph_def
+    return run_passes(POSITION_PASSES, eval_graph_def, config)
 
 
-__all__ = ["keep_nodes", "prepare_float_graph", "quantize_scope", "restore_outside",
+__all__ = ["Pass", "FLOAT_PASSES", "POSITION_PASSES", "run_passes", "keep_nodes",
+           "prepare_float_graph", "quantize_scope", "restore_outside",
            "adjust_positions"]

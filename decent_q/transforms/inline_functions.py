@@ -22,17 +22,17 @@ from decent_q.graph import utils
 from decent_q.graph.utils import is_control, node_name, tensor_name
 
 CALL_OPS = frozenset({"PartitionedCall", "StatefulPartitionedCall"})
-_MAX_DEPTH = 32  # nesting levels inlined
+MAX_DEPTH = 32  # nesting levels inlined
 
 
-def _called(node, functions):
+def called_function(node, functions):
     """The FunctionDef `node` calls, or None."""
     if node.op in CALL_OPS and "f" in node.attr:
         return functions.get(node.attr["f"].func.name)
     return functions.get(node.op)  # a direct call: the op type is the function name
 
 
-def _body(fdef):
+def function_body(fdef):
     """(body GraphDef, output k -> body tensor) of a FunctionDef."""
     body, flat = function_def_to_graph.function_def_to_graph_def(fdef)
     outputs = [tensor_name(flat.get(fdef.ret[arg.name], fdef.ret[arg.name]))
@@ -59,7 +59,7 @@ def _body(fdef):
 
 def _inline_once(graph_def, keep):
     functions = {f.signature.name: f for f in graph_def.library.function}
-    calls = {n.name: _called(n, functions) for n in graph_def.node}
+    calls = {n.name: called_function(n, functions) for n in graph_def.node}
     calls = {name: f for name, f in calls.items() if f is not None}
     if not calls:
         return graph_def, False
@@ -68,7 +68,7 @@ def _inline_once(graph_def, keep):
         if node.name not in calls:
             nodes.append(node)
             continue
-        body, rets = _body(calls[node.name])
+        body, rets = function_body(calls[node.name])
         args = [a.name for a in calls[node.name].signature.input_arg]
         data = [i for i in node.input if not is_control(i)]
         controls = [i for i in node.input if is_control(i)]
@@ -156,51 +156,9 @@ def inline_functions(graph_def, keep=()):
     """
     keep = set(keep)
     changed_any = False
-    for _ in range(_MAX_DEPTH):
+    for _ in range(MAX_DEPTH):
         graph_def, changed = _inline_once(graph_def, keep)
         changed_any |= changed
         if not changed:
             break
     return _prune_library(graph_def) if changed_any else graph_def
-
-
-def inline_calls_in_graph(graph, names):
-    """Inlines the function calls among ops `names` of the live `graph` (in place).
-
-    The body of each call is imported next to it (scope ``<call>_inlined``) with the call's
-    inputs mapped onto its arguments, and the call's consumers are rewired to the body's
-    outputs, so gradients flow through the inlined ops. The call op is left in the graph,
-    dead: no consumers, and its inputs moved to the body's unused argument placeholders.
-    Returns the names of the inlined calls.
-    """
-    library = {f.signature.name: f for f in graph.as_graph_def().library.function}
-    inlined = []
-    for _ in range(_MAX_DEPTH):
-        ops = [graph.get_operation_by_name(n) for n in sorted(names)]
-        ops = [op for op in ops if _called(op.node_def, library) is not None and
-               any(op.outputs[k].consumers() for k in range(len(op.outputs)))]
-        if not ops:
-            break
-        names = set()
-        for op in ops:
-            fdef = _called(op.node_def, library)
-            body, rets = _body(fdef)
-            args = [a.name for a in fdef.signature.input_arg]
-            with graph.as_default(), tf.control_dependencies(op.control_inputs):
-                new = tf.graph_util.import_graph_def(
-                    body, input_map={f"{a}:0": t for a, t in zip(args, op.inputs)},
-                    return_elements=rets + args, name=f"{op.name}_inlined")
-            new, placeholders = new[:len(rets)], new[len(rets):]
-            # The call is dead now; it reads the body's unused argument placeholders instead
-            # of the data, so it no longer counts as a consumer of the data.
-            for index, placeholder in enumerate(placeholders):
-                op._update_input(index, placeholder.outputs[0])  # pylint: disable=protected-access
-            for out, repl in zip(op.outputs, new):
-                for consumer in list(out.consumers()):
-                    for index, t in enumerate(consumer.inputs):
-                        if t is out:
-                            consumer._update_input(index, repl)  # pylint: disable=protected-access
-            inlined.append(op.name)
-            names.update(o.name for o in graph.get_operations()
-                         if o.name.startswith(f"{op.name}_inlined/"))
-    return inlined

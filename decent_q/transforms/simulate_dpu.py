@@ -36,9 +36,7 @@ Constants are replaced by new Const nodes named after their consumer (``<mul>/dp
 twice equals running it once.
 
 QAT applies the same rewrites to its live training and evaluation graphs
-(:func:`simulate_dpu_in_graph`), so it trains with what the DPU computes. A live op cannot be
-renamed: there the node that ends a rewrite is ``<name>/dpu`` and the consumers of ``<name>``
-are rewired to it.
+(:mod:`decent_q.live.simulate_dpu`), so it trains with what the DPU computes.
 """
 
 import logging
@@ -105,7 +103,7 @@ def _other(nm, node, name):
     return None, None
 
 
-class _Rewrite:
+class Rewrite:
     """Collects the edits of one pass: replaced nodes, nodes added before a node, and inputs
     to swap for new constants."""
 
@@ -313,83 +311,10 @@ def _rewrite_hard_sigmoid(rw):
             break
 
 
-def _steps(config):
-    # One kind of rewrite per round: each reads the graph the previous one wrote.
+def rewrite_steps(config):
+    """The rewrites, one kind per round: each reads the graph the previous one wrote. A step
+    records its edits in a :class:`Rewrite` (also used by :mod:`decent_q.live.simulate_dpu`)."""
     return (lambda rw: _rewrite_pools(rw, config), _rewrite_leaky_relu, _rewrite_hard_sigmoid)
-
-
-def simulate_dpu_in_graph(graph, config, scope):
-    """Rewrites the live `graph` in place (QAT) to compute as the DPU does; only nodes in
-    `scope` (the quantized range) are changed. See the module docstring.
-
-    Returns:
-      The number of rewrites applied.
-    """
-    done = 0
-    for step in _steps(config):
-        rw = _Rewrite(graph.as_graph_def())
-        step(rw)
-        for consumer, index, const in rw.consts:
-            if consumer not in scope:
-                continue
-            with graph.as_default(), graph.name_scope(None):
-                value = tf.constant(utils.const_value(const), name=_free_name(graph, const.name))
-            graph.get_operation_by_name(consumer)._update_input(index, value)  # pylint: disable=protected-access
-            done += 1
-        for name, nodes in sorted(rw.replace.items()):
-            if name in scope and name not in config.output_nodes:
-                _replace_live(graph, name, nodes)
-                done += 1
-    return done
-
-
-def _free_name(graph, name):
-    """`name`, or `name_1`, `name_2`, ... if an op of that name exists."""
-    candidate, k = name, 0
-    while True:
-        try:
-            graph.get_operation_by_name(candidate)
-        except KeyError:
-            return candidate
-        k += 1
-        candidate = f"{name}_{k}"
-
-
-def _replace_live(graph, name, nodes):
-    """Puts `nodes` (the last one named `name`, as the GraphDef pass writes them) into the live
-    graph and rewires the consumers of op `name` to the last one."""
-    old = graph.get_operation_by_name(name)
-    if len(nodes) == 1 and nodes[0].name == name and nodes[0].op == old.type:
-        for key in sorted(nodes[0].attr):  # an attribute change (LeakyRelu alpha)
-            if old.node_def.attr[key] != nodes[0].attr[key]:
-                old._set_attr(key, nodes[0].attr[key])  # pylint: disable=protected-access
-        return
-    renamed = {n.name: _free_name(graph, f"{name}/dpu" if n.name == name else n.name)
-               for n in nodes}
-    gd = tf.compat.v1.GraphDef()
-    external = {}
-    for node in nodes:
-        new = gd.node.add()
-        new.CopyFrom(node)
-        new.name = renamed[node.name]
-        del new.input[:]
-        for inp in node.input:
-            if utils.is_control(inp):
-                continue  # the replaced op's control inputs stay on the (dead) old op
-            if node_name(inp) in renamed:
-                new.input.append(inp.replace(node_name(inp), renamed[node_name(inp)], 1))
-            else:
-                external[tensor_name(inp)] = graph.get_tensor_by_name(tensor_name(inp))
-                new.input.append(inp)
-    with graph.as_default(), graph.name_scope(None):
-        tf.graph_util.import_graph_def(gd, input_map=external, name="")
-    last = graph.get_operation_by_name(renamed[nodes[-1].name])
-    for consumer in list(old.outputs[0].consumers()):
-        if consumer.name in renamed.values():
-            continue
-        for index, tensor in enumerate(consumer.inputs):
-            if tensor is old.outputs[0]:
-                consumer._update_input(index, last.outputs[0])  # pylint: disable=protected-access
 
 
 def simulate_dpu(graph_def, config=None):
@@ -404,8 +329,8 @@ def simulate_dpu(graph_def, config=None):
       A new GraphDef.
     """
     ends = cleanup.sinks(graph_def)
-    for step in _steps(config):
-        rw = _Rewrite(graph_def)
+    for step in rewrite_steps(config):
+        rw = Rewrite(graph_def)
         step(rw)
         if rw.replace or rw.consts:
             graph_def = rw.build()

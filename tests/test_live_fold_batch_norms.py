@@ -1,4 +1,4 @@
-"""fold_batch_norms_qat: live-graph batch-norm folding, numerics with quantization off."""
+"""live.fold_batch_norms: live-graph batch-norm folding, numerics with quantization off."""
 
 import numpy as np
 import pytest
@@ -6,7 +6,7 @@ import tensorflow as tf
 import tf_slim as slim
 
 import decent_q  # (also registers the contrib aliases slim.batch_norm needs)
-from decent_q.transforms import fold_batch_norms_qat as fold
+from decent_q.live import fold_batch_norms as fold
 
 RNG = np.random.default_rng(0)
 X = RNG.standard_normal((6, 8, 8, 3)).astype(np.float32)

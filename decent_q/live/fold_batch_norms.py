@@ -63,6 +63,7 @@ import tensorflow as tf
 
 from decent_q import registry
 from decent_q.errors import QuantizeError
+from decent_q.live import edit
 
 log = logging.getLogger("decent_q")
 
@@ -243,18 +244,6 @@ def _global_step(graph):
     return step
 
 
-def _replace_input(op, old, new):
-    for i, t in enumerate(op.inputs):
-        if t is old:
-            op._update_input(i, new)  # pylint: disable=protected-access
-
-
-def _rewire_consumers(tensor, new, skip=()):
-    for consumer in list(tensor.consumers()):
-        if consumer not in skip:
-            _replace_input(consumer, tensor, new)
-
-
 def _fold(graph, m, freeze_step):
     """Builds the folded layer of match `m`.
 
@@ -309,7 +298,7 @@ def _fold(graph, m, freeze_step):
         if training:
             # The batch norm reads the float-scale conv output (through the original bias op,
             # whose variable keeps its name).
-            _replace_input(m.bias_op or bn, (m.space_to_batch or m.conv).outputs[0], unscaled)
+            edit.replace_input(m.bias_op or bn, (m.space_to_batch or m.conv).outputs[0], unscaled)
         if not training or freeze_step == 0:
             result = inference
         elif step is None:
@@ -320,9 +309,9 @@ def _fold(graph, m, freeze_step):
             # statistics themselves (no change), as PyTorch's freeze_bn.
             for k, moving in ((1, moving_mean), (2, moving_var)):
                 held = tf.where(frozen, moving, bn.outputs[k], name=f"frozen_statistic_{k}")
-                _rewire_consumers(bn.outputs[k], held, skip=(held.op,))
+                edit.rewire_consumers(bn.outputs[k], held, skip=(held.op,))
     if result is not bn.outputs[0]:
-        _rewire_consumers(bn.outputs[0], result, skip=(result.op,))
+        edit.rewire_consumers(bn.outputs[0], result, skip=(result.op,))
     original = [op for op in (m.bias_op, bn) if op is not None]
     if result is inference:
         main = [conv.op, out.op, inference.op]
