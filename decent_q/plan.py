@@ -26,8 +26,10 @@ import dataclasses
 import logging
 from typing import Dict, List, Optional, Tuple
 
+from decent_q import layers as layers_lib
 from decent_q import registry
 from decent_q.errors import QuantizeError
+from decent_q.graph import pattern
 from decent_q.graph import utils
 from decent_q.graph.utils import node_name, tensor_name
 from decent_q.ops import Mode
@@ -117,6 +119,9 @@ class _Finder:
                                                  config.output_nodes)) - frozenset(exclude)
         self.parameters = frozenset(tensor_name(t) for t in parameters)
         self.declared = dict(layers)  # F/conv -> FoldedLayer (QAT training folds)
+        self.view = pattern.GraphDefView(self.nm)
+        self.context = pattern.Context(is_param=self.is_param,
+                                       allowed=lambda name: name in self.range)
         self.ignored = frozenset(config.ignore_nodes)
         self.points: List[QuantPoint] = []
         self.layers: List[Layer] = []
@@ -250,70 +255,69 @@ class _Finder:
         return False
 
     def match_layer(self, conv):
-        spec = registry.COMPUTE_OPS[conv.op]
-        ins = self.nm.data_inputs(conv)
-        if len(ins) <= max(spec.data_index, spec.weight_index):
-            return False
-        weight, data = tensor_name(ins[spec.weight_index]), tensor_name(ins[spec.data_index])
-        if not self.is_param(weight) or self.is_param(data):
-            return False
+        """Records the layer whose compute op is `conv` (declared or matched); False if none."""
         declared = self.declared.get(conv.name)
         if declared is not None:
-            nodes, first_input, bias = self.declared_chain(declared, data)
-            weight = tensor_name(declared.weights)
+            found = self.declared_layer(conv, declared)
         else:
-            nodes, first_input, bias = self.chain(conv, data)
-        last = nodes[-1]
-
+            found = layers_lib.match_layer(self.view, conv.name, self.context)
+        if found is None:
+            return False
         ignored = conv.name in self.ignored
-        cfg = self.config
-        input_point = None
-        if not self.is_param(first_input) and not ignored:
-            input_point = self.quantized.get(first_input)
-            if input_point is None and first_input not in self.quantized:
-                producer_name = node_name(first_input)
-                if producer_name not in self.ignored:
-                    input_point = self.add(first_input, "activation", Mode.ACTIVATION,
-                                           cfg.bit_width(producer_name, cfg.activation_bit),
-                                           cfg.method_for(producer_name))
+        input_point = None if ignored else self.input_point(found.input)
         weight_point = bias_point = None
         if not ignored:
-            # A weight point is named after the tensor the compute op reads, as in the original:
-            # a ref variable w read through w/read gives w/read/wquant, a resource variable
-            # the name of its ReadVariableOp. (Frozen graphs have no reads left after clean-up.)
-            wbase = _weight_base(self.nm, weight)
-            key = _first_named(cfg.nodes_bit, (node_name(weight), node_name(wbase)), conv.name)
-            mkey = _first_named(cfg.nodes_method, (node_name(weight), node_name(wbase)),
-                                conv.name)
-            weight_consumers = ((conv.name, spec.weight_index),)
-            if declared is not None:
-                weight_consumers = declared.weights_consumers
-            weight_point = self.add(weight, "weight", spec.mode,
-                                    cfg.bit_width(key, cfg.weight_bit), cfg.method_for(mkey),
-                                    consumers=weight_consumers,
-                                    name=point_name(weight, "wquant"))
-            if bias is not None:
-                bbase = _weight_base(self.nm, bias)
-                bkey = _first_named(cfg.nodes_bit, (node_name(bias), node_name(bbase)),
-                                    node_name(bbase))
-                bmkey = _first_named(cfg.nodes_method, (node_name(bias), node_name(bbase)),
-                                     node_name(bbase))
-                bias_point = self.add(bias, "bias", Mode.WEIGHT,
-                                      cfg.bit_width(bkey, cfg.weight_bit),
-                                      cfg.method_for(bmkey),
-                                      consumers=self.bias_consumers(conv, nodes, bias),
-                                      name=point_name(bias, "wquant"))
+            weight_point = self.weight_point(conv, found.weight, declared)
+            if found.bias is not None:
+                bias_point = self.bias_point(conv, found)
         output_name = None
-        if declared is not None and last == declared.nodes[-1]:
+        if declared is not None and found.last == declared.nodes[-1]:
             # No activation: named as the evaluation graph's point on F/BiasAdd.
             output_name = point_name(declared.output_name, "aquant")
-        output_point = None if ignored else self.add_activation(last, output_name)
+        output_point = None if ignored else self.add_activation(found.last, output_name)
         if ignored:
             self.float_nodes[conv.name] = "in ignore_nodes"
-        self.done.update(nodes)
-        self.layers.append(Layer(conv.name, conv.op, tuple(nodes), input_point, weight_point,
+        self.done.update(found.nodes)
+        self.layers.append(Layer(conv.name, conv.op, found.nodes, input_point, weight_point,
                                  bias_point, output_point))
         return True
+
+    def input_point(self, tensor):
+        """The point quantizing a layer's input `tensor`, added if there is none yet."""
+        if self.is_param(tensor):
+            return None
+        point = self.quantized.get(tensor)
+        producer = node_name(tensor)
+        if point is None and tensor not in self.quantized and producer not in self.ignored:
+            cfg = self.config
+            point = self.add(tensor, "activation", Mode.ACTIVATION,
+                             cfg.bit_width(producer, cfg.activation_bit),
+                             cfg.method_for(producer))
+        return point
+
+    def weight_point(self, conv, weight, declared):
+        """A weight point is named after the tensor the compute op reads, as in the original:
+        a ref variable w read through w/read gives w/read/wquant, a resource variable the name
+        of its ReadVariableOp. (Frozen graphs have no reads left after clean-up.)"""
+        cfg = self.config
+        names = (node_name(weight), node_name(_weight_base(self.nm, weight)))
+        key = _first_named(cfg.nodes_bit, names, conv.name)
+        method_key = _first_named(cfg.nodes_method, names, conv.name)
+        consumers = declared.weights_consumers if declared is not None else \
+            ((conv.name, registry.COMPUTE_OPS[conv.op].weight_index),)
+        return self.add(weight, "weight", registry.COMPUTE_OPS[conv.op].mode,
+                        cfg.bit_width(key, cfg.weight_bit), cfg.method_for(method_key),
+                        consumers=consumers, name=point_name(weight, "wquant"))
+
+    def bias_point(self, conv, found):
+        cfg = self.config
+        base = node_name(_weight_base(self.nm, found.bias))
+        names = (node_name(found.bias), base)
+        return self.add(found.bias, "bias", Mode.WEIGHT,
+                        cfg.bit_width(_first_named(cfg.nodes_bit, names, base), cfg.weight_bit),
+                        cfg.method_for(_first_named(cfg.nodes_method, names, base)),
+                        consumers=self.bias_consumers(conv, found.nodes, found.bias),
+                        name=point_name(found.bias, "wquant"))
 
     def bias_consumers(self, conv, nodes, bias):
         """The (op, input index) pairs that read the bias of the layer at `conv`: () for a
@@ -326,65 +330,26 @@ class _Finder:
         index = [tensor_name(i) for i in self.nm.data_inputs(self.nm[user])].index(bias)
         return ((user, index),)
 
-    def chain(self, conv, data):
-        """The nodes of the layer that starts at `conv`, its data input and its bias."""
-        nodes = [conv.name]
-        first_input = data
+    def declared_layer(self, conv, declared):
+        """The layer QAT's fold built at `conv` (see live.fold_batch_norms.FoldedLayer), with
+        the activation matched after it; its bias point is placed by bias_consumer."""
+        spec = registry.COMPUTE_OPS[conv.op]
+        ins = self.nm.data_inputs(conv)
+        if len(ins) <= max(spec.data_index, spec.weight_index):
+            return None
+        weight, data = tensor_name(ins[spec.weight_index]), tensor_name(ins[spec.data_index])
+        if not self.is_param(weight) or self.is_param(data):
+            return None
+        act = layers_lib.match_activation(self.view, declared.nodes[-1], self.context)
+        nodes = list(declared.nodes) + list(act.nodes if act else ())
         producer = self.nm.producer(data)
-        cur = conv
-        # atrous conv: SpaceToBatchND -> conv -> BatchToSpaceND
-        if producer is not None and producer.op == "SpaceToBatchND":
-            after = self.single_consumer(conv.name)
-            if after is not None and after.op == "BatchToSpaceND":
-                first_input = tensor_name(producer.input[0])
-                nodes = [producer.name, conv.name, after.name]
-                cur = after
-        bias = None
-        nxt = self.single_consumer(cur.name)
-        if nxt is not None and nxt.op in registry.BIAS_OPS:
-            other = self.other_input(nxt, tensor_name(cur.name))
-            if other is not None and self.is_param(other):
-                bias, cur = other, nxt
-                nodes.append(nxt.name)
-        return nodes + self.match_activation(cur), first_input, bias
-
-    def declared_chain(self, layer, data):
-        """The nodes, data input and bias of a layer the QAT fold declared (see
-        live.fold_batch_norms.FoldedLayer); its bias point is placed by bias_consumer."""
-        nodes = list(layer.nodes) + self.match_activation(self.nm[layer.nodes[-1]])
-        producer = self.nm.producer(data)
-        if producer is not None and producer.op == "SpaceToBatchND":  # atrous, as chain()
+        space_to_batch = None
+        if producer is not None and producer.op == "SpaceToBatchND":  # atrous
             nodes.insert(0, producer.name)
-            data = tensor_name(producer.input[0])
-        return nodes, data, tensor_name(layer.bias)
-
-    def match_activation(self, cur):
-        """Nodes of the activation after `cur` (possibly several ops), or []."""
-        t = tensor_name(cur.name)
-        # Readers of output 0 (a training batch norm's other outputs feed its moving averages).
-        users = [u for u in self.nm.node_consumers(cur.name)
-                 if t in (tensor_name(i) for i in self.nm.data_inputs(u))]
-        ops = sorted(u.op for u in users)
-        if len(users) == 1 and users[0].op in registry.ACTIVATION_OPS:
-            return [users[0].name]
-        if ops == ["Maximum", "Mul"]:  # Maximum(Mul(alpha, x), x)
-            mul = next(u for u in users if u.op == "Mul")
-            maxi = next(u for u in users if u.op == "Maximum")
-            alpha = self.other_input(mul, t)
-            if alpha and self.is_param(alpha) and tensor_name(mul.name) in \
-                    [tensor_name(i) for i in maxi.input]:
-                return [mul.name, maxi.name]
-        if ops == ["Neg", "Relu"]:  # Keras: Sub(Relu(x), Mul(alpha, Relu(Neg(x))))
-            relu = next(u for u in users if u.op == "Relu")
-            neg = next(u for u in users if u.op == "Neg")
-            relu2 = self.single_consumer(neg.name)
-            mul = relu2 and self.single_consumer(relu2.name)
-            sub = self.single_consumer(relu.name)
-            if relu2 is not None and relu2.op == "Relu" and mul is not None and \
-                    mul.op == "Mul" and sub is not None and sub.op == "Sub" and \
-                    self.single_consumer(mul.name) is sub:
-                return [relu.name, neg.name, relu2.name, mul.name, sub.name]
-        return []
+            data, space_to_batch = tensor_name(producer.input[0]), producer.name
+        return layers_lib.LayerMatch(conv.name, conv.op, tuple(nodes), data,
+                                 tensor_name(declared.weights), tensor_name(declared.bias), act,
+                                 space_to_batch)
 
 
 def plan_quantization(graph_def, config, parameters=(), exclude=(), layers=None):

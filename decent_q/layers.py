@@ -1,0 +1,201 @@
+"""Every layer form decent_q recognises, declared once (see docs/placement.md).
+
+The planner, the quantized-model reader, deploy, simulate_dpu, both batch-norm folds and CLE
+match these declarations (:mod:`decent_q.graph.pattern`) on a frozen GraphDef or a live graph;
+op roles come from :mod:`decent_q.registry`. A compute layer, matched backwards from its last
+op::
+
+    input --[SpaceToBatchND]--> compute(input, weight) --[BatchToSpaceND]--> [bias op(b)]
+          --> [activation]
+    compute    = Conv2D | DepthwiseConv2dNative | Conv2DBackpropInput | MatMul
+    bias op    = BiasAdd | Add | AddV2 (either input order)
+    activation = Relu | Relu6 | LeakyRelu | Maximum(Mul(alpha, x), x)
+               | Sub(Relu(x), Mul(alpha, Relu(Neg(x))))            (Keras' LeakyReLU)
+
+The atrous wrapper (SpaceToBatchND -> conv -> BatchToSpaceND) is one form: both or neither.
+Every op after the compute op is read only by the layer's next op. Batch norms and DPU
+functions are declared below the layers.
+"""
+
+import collections
+import dataclasses
+from typing import Optional, Tuple
+
+from decent_q import registry
+from decent_q.graph import pattern as pt
+from decent_q.graph.utils import node_name, tensor_name
+
+# -- compute layers ------------------------------------------------------------------------------
+
+
+def compute(data):
+    """The compute ops of registry.COMPUTE_OPS with `data` on their data input."""
+    return pt.OneOf(*(pt.Op(op, {spec.data_index: data, spec.weight_index: pt.Weight("weight")},
+                            name="compute")
+                      for op, spec in registry.COMPUTE_OPS.items()))
+
+
+ATROUS = pt.Op("BatchToSpaceND", {0: compute(pt.Op("SpaceToBatchND", {0: pt.Tensor("input")},
+                                                   name="space_to_batch"))},
+               name="batch_to_space")
+CORE = pt.OneOf(ATROUS, compute(pt.Data("input")))
+
+
+def bias(inner):
+    """`inner` + a per-channel parameter."""
+    return pt.Op(registry.BIAS_OPS, [inner, pt.Param("bias")], name="bias_op", commutative=True)
+
+
+BIASED = pt.OneOf(bias(CORE), CORE)
+
+ActivationForm = collections.namedtuple("ActivationForm", "name pattern order kind")
+
+
+def _single_op(x):
+    return pt.Op(registry.ACTIVATION_OPS, [x], name="act")
+
+
+def _leaky_max(x):
+    mul = pt.Op("Mul", [pt.Param("alpha"), pt.Bind("x", x)], name="mul", commutative=True)
+    return pt.Op("Maximum", [mul, pt.Ref("x")], name="act", commutative=True)
+
+
+def _leaky_keras(x):
+    neg = pt.Op("Relu", [pt.Op("Neg", [pt.Ref("x")], name="neg")], name="relu2")
+    return pt.Op("Sub", [pt.Op("Relu", [pt.Bind("x", x)], name="relu"),
+                         pt.Op("Mul", [pt.Tensor("alpha"), neg], name="mul", commutative=True)],
+                 name="act")
+
+
+# kind None: the op type of "act" (Relu, Relu6, LeakyRelu with its alpha attribute).
+ACTIVATIONS = (
+    ActivationForm("single_op", _single_op, ("act",), None),
+    ActivationForm("leaky_relu_maximum", _leaky_max, ("mul", "act"), "LeakyRelu"),
+    ActivationForm("leaky_relu_keras", _leaky_keras, ("relu", "neg", "relu2", "mul", "act"),
+                   "LeakyRelu"),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Activation:
+    kind: str                   # 'Relu', 'Relu6' or 'LeakyRelu'
+    nodes: Tuple[str, ...]      # in the declared order; the last one outputs the activation
+    alpha: Optional[str]        # the tensor holding a multi-op LeakyRelu's alpha, else None
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerMatch:
+    """A matched compute layer; ``nodes``: [SpaceToBatchND], compute, [BatchToSpaceND],
+    [bias op], activation nodes."""
+    compute: str
+    op: str
+    nodes: Tuple[str, ...]
+    input: str                  # the tensor entering the layer (in front of SpaceToBatchND)
+    weight: str
+    bias: Optional[str]
+    activation: Optional[Activation]
+    space_to_batch: Optional[str]
+
+    @property
+    def last(self):
+        return self.nodes[-1]
+
+
+def _activation(found, form, graph_view):
+    if form is None:
+        return None
+    nodes = tuple(found[name] for name in form.order)
+    kind = form.kind or graph_view.op_type(found["act"])
+    return Activation(kind, nodes, found.get("alpha"))
+
+
+def _layer(found, form, graph_view):
+    act = _activation(found, form, graph_view)
+    body = [found.get("space_to_batch"), found["compute"], found.get("batch_to_space"),
+            found.get("bias_op")]
+    nodes = tuple(n for n in body if n) + (act.nodes if act else ())
+    return LayerMatch(found["compute"], graph_view.op_type(found["compute"]), nodes,
+                      found["input"], found["weight"], found.get("bias"), act,
+                      found.get("space_to_batch"))
+
+
+def _forward(graph_view, name, depth):
+    """Ops reachable from op `name` through at most `depth` data edges, nearest first."""
+    seen, frontier, found = {name}, [name], [name]
+    for _ in range(depth):
+        nxt = []
+        for op in frontier:
+            for user in graph_view.consumers(f"{op}:0"):
+                if user not in seen:
+                    seen.add(user)
+                    nxt.append(user)
+        found += nxt
+        frontier = nxt
+    return found
+
+
+def match_layer(graph, compute_op, context=None):
+    """The longest layer form (module docstring) whose compute op is `compute_op`, or None.
+
+    `context` (a pattern.Context) says which tensors are parameters and which ops may take
+    part (the planner: the quantized range; the quantized-model reader: constants behind
+    FixNeurons)."""
+    graph_view = pt.view(graph)
+    best = None
+    for end in _forward(graph_view, compute_op, depth=6):
+        for form in ACTIVATIONS + (None,):
+            found = _first_closed(form.pattern(BIASED) if form else BIASED, end, graph_view,
+                                  context, compute_op)
+            if found is not None:
+                layer = _layer(found, form, graph_view)
+                if best is None or len(layer.nodes) > len(best.nodes):
+                    best = layer
+    return best
+
+
+def _first_closed(pattern, end, graph_view, context, compute_op):
+    for found in pt.matches(pattern, end, graph_view, context):
+        after = set(found.ops) - {found.get("space_to_batch")}
+        if found["compute"] == compute_op and found.closed(graph_view, after):
+            return found
+    return None
+
+
+def match_activation(graph, tensor, context=None):
+    """The activation that reads `tensor` (its only reader, apart from a multi-op form's own
+    ops), or None."""
+    graph_view = pt.view(graph)
+    best = None
+    for end in _forward(graph_view, node_name(tensor), depth=5)[1:]:
+        for form in ACTIVATIONS:
+            for found in pt.matches(form.pattern(pt.Tensor("x_in")), end, graph_view, context):
+                ops = set(found.ops)
+                if found["x_in"] != tensor_name(tensor) or not found.closed(graph_view) or \
+                        not set(graph_view.consumers(tensor)) <= ops:
+                    continue
+                act = _activation(found, form, graph_view)
+                if best is None or len(act.nodes) > len(best.nodes):
+                    best = act
+                break
+    return best
+
+
+# -- scaling per output channel --------------------------------------------------------------------
+
+def channel_shape(op, weights_shape, transpose_b=False):
+    """The shape a per-output-channel vector takes to multiply the weights of compute op `op`
+    (registry.COMPUTE_OPS out axes; a depthwise channel is in * multiplier on axes 2, 3)."""
+    if op == "DepthwiseConv2dNative":
+        return [int(weights_shape[2]), int(weights_shape[3])]
+    axis = 0 if (op == "MatMul" and transpose_b) else registry.COMPUTE_OPS[op].out_axis
+    shape = [1] * len(weights_shape)
+    shape[axis] = -1
+    return shape[axis:]
+
+
+def out_channels(op, weights_shape, transpose_b=False):
+    """The number of output channels of compute op `op` with weights of `weights_shape`."""
+    if op == "DepthwiseConv2dNative":
+        return int(weights_shape[2]) * int(weights_shape[3])
+    axis = 0 if (op == "MatMul" and transpose_b) else registry.COMPUTE_OPS[op].out_axis
+    return int(weights_shape[axis])
