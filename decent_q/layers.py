@@ -199,3 +199,70 @@ def out_channels(op, weights_shape, transpose_b=False):
         return int(weights_shape[2]) * int(weights_shape[3])
     axis = 0 if (op == "MatMul" and transpose_b) else registry.COMPUTE_OPS[op].out_axis
     return int(weights_shape[axis])
+
+
+# -- batch norms ------------------------------------------------------------------------------------
+# Each form captures "batch_norm" (its last op, whose output is the normalised tensor) and "x"
+# (the tensor normalised). Fused ops read their statistics and epsilon by input / attribute;
+# the other forms capture what they have.
+
+FUSED_BATCH_NORM = pt.Op(("FusedBatchNorm", "FusedBatchNormV2", "FusedBatchNormV3"),
+                         {0: pt.Tensor("x"), 1: pt.Tensor("gamma"), 2: pt.Tensor("beta"),
+                          3: pt.Tensor("mean"), 4: pt.Tensor("variance")}, name="batch_norm")
+GLOBAL_BATCH_NORM = pt.Op("BatchNormWithGlobalNormalization",
+                          {0: pt.Tensor("x"), 1: pt.Tensor("mean"), 2: pt.Tensor("variance"),
+                           3: pt.Tensor("beta"), 4: pt.Tensor("gamma")}, name="batch_norm")
+# x * scale + offset with constant scale and offset: any unfused batch norm after constant
+# folding (PTQ), or one written by hand.
+SCALE_OFFSET_BATCH_NORM = pt.Op(
+    ("Add", "AddV2"), [pt.Op("Mul", [pt.Tensor("x"), pt.Param("scale")], name="mul",
+                             commutative=True), pt.Param("offset")],
+    name="batch_norm", commutative=True)
+
+
+def _inverse_std(gamma):
+    rsqrt = pt.Op("Rsqrt", [pt.Op(("Add", "AddV2"), [pt.Tensor("variance"),
+                                                     pt.Param("epsilon")], name="add_epsilon",
+                                  commutative=True)], name="rsqrt")
+    if not gamma:
+        return rsqrt
+    return pt.Op("Mul", [rsqrt, pt.Tensor("gamma")], name="inverse_std", commutative=True)
+
+
+def _nn_batch_normalization(gamma, beta):
+    """tf.nn.batch_normalization's ops (Keras and slim unfused batch norms, live graphs):
+    x * inv + (beta - mean * inv), inv = rsqrt(variance + eps) [* gamma]."""
+    inv = pt.Bind("inv", _inverse_std(gamma))
+    mean_inv = pt.Op("Mul", [pt.Tensor("mean"), pt.Ref("inv")], name="mean_inv",
+                     commutative=True)
+    offset = pt.Op("Sub", [pt.Tensor("beta"), mean_inv], name="offset") if beta else \
+        pt.Op("Neg", [mean_inv], name="offset")
+    return pt.Op(("Add", "AddV2"), [pt.Op("Mul", [pt.Tensor("x"), inv], name="mul",
+                                          commutative=True), offset],
+                 name="batch_norm", commutative=True)
+
+
+BatchNormForm = collections.namedtuple("BatchNormForm", "name pattern")
+
+BATCH_NORMS = (
+    BatchNormForm("fused", FUSED_BATCH_NORM),
+    BatchNormForm("global_normalization", GLOBAL_BATCH_NORM),
+    BatchNormForm("nn_batch_normalization", pt.OneOf(
+        *(_nn_batch_normalization(gamma, beta) for gamma in (True, False)
+          for beta in (True, False)))),
+    BatchNormForm("scale_offset", SCALE_OFFSET_BATCH_NORM),
+)
+
+
+def match_batch_norm(graph, op_name, context=None, forms=None):
+    """(form name, pattern.Match) of the batch norm whose last op is `op_name`, or None.
+
+    `forms`: the names of the forms to try (default all, in BATCH_NORMS order)."""
+    graph_view = pt.view(graph)
+    for form in BATCH_NORMS:
+        if forms is not None and form.name not in forms:
+            continue
+        found = pt.match(form.pattern, op_name, graph_view, context)
+        if found is not None:
+            return form.name, found
+    return None
