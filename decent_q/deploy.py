@@ -27,13 +27,15 @@ whose integer value is ``value * 2^pos``)::
     Placeholder                batch dimension set to 1
     node in ignore_nodes       attr quantize_ignored = true
 
-Atrous convolutions (SpaceToBatchND -> conv -> BatchToSpaceND) and QAT's frozen batch-norm
-correction (conv -> Mul) are not collapsed: their weights become quantized constants.
+Atrous convolutions (SpaceToBatchND -> conv -> BatchToSpaceND) are not collapsed: their
+weights become quantized constants. Layers and their activations are the forms declared in
+:mod:`decent_q.layers`, as :class:`decent_q.graph.quantized.EvalModel` reads them.
 """
 
 import numpy as np
 import tensorflow as tf
 
+from decent_q import registry
 from decent_q.errors import QuantizeError
 from decent_q.graph import quantized
 from decent_q.graph import utils
@@ -49,7 +51,7 @@ _PARAM_ATTRS = {
     "Reshape": (1, "shape"),
     "ExpandDims": (1, "axis"),
 }
-_NOT_COLLAPSED = frozenset({"BatchToSpaceND", "Mul"})  # atrous conv, QAT BN correction
+_NOT_COLLAPSED = frozenset({"BatchToSpaceND"})  # atrous conv
 
 
 def deploy_graph_def(eval_graph_def, config):
@@ -110,11 +112,10 @@ class _Deployer:
         return not any(self.nm[n].op in _NOT_COLLAPSED for n in layer.nodes[1:]
                        if n not in act)
 
-    def _activation_nodes(self, layer):
-        """The trailing nodes of `layer` that form its activation."""
-        last = self.nm[layer.nodes[-1]].op
-        count = {"Maximum": 2, "Sub": 5, "Relu": 1, "Relu6": 1, "LeakyRelu": 1}.get(last, 0)
-        return layer.nodes[len(layer.nodes) - count:] if count else ()
+    @staticmethod
+    def _activation_nodes(layer):
+        """The trailing nodes of `layer` that form its activation (the matched form's)."""
+        return layer.activation.nodes if layer.activation is not None else ()
 
     # -- name resolution -----------------------------------------------------------------
     def resolve(self, inp):
@@ -229,8 +230,7 @@ class _Deployer:
 
     def fused(self, layer):
         conv = self.nm[layer.compute]
-        spec_data = {"Conv2D": 0, "DepthwiseConv2dNative": 0, "Conv2DBackpropInput": 2,
-                     "MatMul": 0}[conv.op]
+        spec_data = registry.COMPUTE_OPS[conv.op].data_index
         new = tf.compat.v1.NodeDef(op=conv.op, name=conv.name)
         for key in sorted(conv.attr):
             new.attr[key].CopyFrom(conv.attr[key])
@@ -269,22 +269,18 @@ class _Deployer:
 
     def activation(self, layer):
         """('Relu' | 'Relu6' | 'LeakyRelu' | 'None', alpha or None) of a layer."""
-        nodes = self._activation_nodes(layer)
-        if not nodes:
+        act = layer.activation
+        if act is None:
             return "None", None
-        last = self.nm[nodes[-1]]
-        if last.op in ("Relu", "Relu6"):
-            return last.op, None
-        if last.op == "LeakyRelu":
-            return "LeakyRelu", last.attr["alpha"].f
-        mul = next((self.nm[n] for n in nodes if self.nm[n].op == "Mul"), None)
-        if mul is not None:
-            for inp in self.nm.data_inputs(mul):
-                producer = self.nm.producer(inp)
-                if producer is not None and producer.op == "Const":
-                    return "LeakyRelu", float(np.asarray(utils.const_value(producer)).reshape(-1)[0])
-                if producer is not None and producer.name in self.values:
-                    return "LeakyRelu", float(self.values[producer.name].reshape(-1)[0])
+        if act.kind in ("Relu", "Relu6"):
+            return act.kind, None
+        if act.alpha is None:  # the LeakyRelu op: alpha is an attribute
+            return "LeakyRelu", self.nm[act.nodes[-1]].attr["alpha"].f
+        producer = self.nm.producer(act.alpha)
+        if producer is not None and producer.op == "Const":
+            return "LeakyRelu", float(np.asarray(utils.const_value(producer)).reshape(-1)[0])
+        if producer is not None and producer.name in self.values:
+            return "LeakyRelu", float(self.values[producer.name].reshape(-1)[0])
         return "LeakyRelu", None
 
 

@@ -134,18 +134,26 @@ def test_ignored_nodes_are_marked():
 
 
 def test_unfused_constant_weights_are_quantized_consts(cnn):
-    # An eval model whose depthwise layer is atrous-like (kept apart): simulate by a graph
-    # where the conv weights feed a FixNeuron that is not in a collapsible layer.
+    # An eval model whose conv3 layer is atrous (kept apart): its weights feed a FixNeuron that
+    # is not in a collapsible layer.
     cfg, ev, _ = cnn
     gd = tf.compat.v1.GraphDef()
     gd.CopyFrom(ev)
-    for node in gd.node:  # put a Mul (QAT correction) between conv3 and its bias
+    for node in gd.node:  # SpaceToBatchND -> conv3 -> BatchToSpaceND, block 1
         if node.name == "conv3/BiasAdd":
-            node.input[0] = "conv3/corr"
-    scale = utils.const_node("conv3/corr/scale", np.ones([16], np.float32))
-    gd.node.extend([scale, utils.make_node("Mul", "conv3/corr", ["conv3/Conv2D",
-                                                                 "conv3/corr/scale"],
-                                           T=tf.float32)])
+            node.input[0] = "conv3/b2s"
+        if node.name == "conv3/Conv2D":
+            data = node.input[0]
+            node.input[0] = "conv3/s2b"
+    gd.node.extend([utils.const_node("conv3/s2b/pads", np.zeros([2, 2], np.int32)),
+                    utils.make_node("SpaceToBatchND", "conv3/s2b",
+                                    [data, "conv3/b2s/block", "conv3/s2b/pads"],
+                                    T=tf.float32, Tblock_shape=tf.int32, Tpaddings=tf.int32),
+                    utils.const_node("conv3/b2s/block", np.ones([2], np.int32)),
+                    utils.const_node("conv3/b2s/crops", np.zeros([2, 2], np.int32)),
+                    utils.make_node("BatchToSpaceND", "conv3/b2s",
+                                    ["conv3/Conv2D", "conv3/b2s/block", "conv3/b2s/crops"],
+                                    T=tf.float32, Tblock_shape=tf.int32, Tcrops=tf.int32)])
     dep = deploy_graph_def(gd, cfg)
     nodes = {n.name: n for n in dep.node}
     assert "weights" not in nodes["conv3/Conv2D"].attr

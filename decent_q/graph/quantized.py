@@ -1,22 +1,15 @@
 """Reading and editing an eval model: a GraphDef whose FixNeuron nodes are in EVAL phase.
 
 The position passes (align_concat, adjust_shift_cut, adjust_shift_bias) and the deploy writer
-reason about FixNeurons and compute layers of such a graph. A compute layer, found forwards
-from its compute op (the layout :func:`decent_q.plan.apply_to_graph_def` writes)::
+reason about FixNeurons and compute layers of such a graph. A compute layer is the declared
+form of :mod:`decent_q.layers` (the planner's), with FixNeurons around it, as
+:func:`decent_q.plan.apply_to_graph_def` writes it::
 
     input FixNeuron --[Reshape | ExpandDims | Squeeze | Identity | SpaceToBatchND]--+
-    weight FixNeuron --[Identity]--> Conv2D | DepthwiseConv2dNative | Conv2DBackpropInput
-                                     | MatMul
-                                       |  [BatchToSpaceND]  [Mul by a Const]
-    bias FixNeuron (mode WEIGHT) --> [BiasAdd | Add | AddV2]
-                                       |
-                                     [Relu | Relu6 | LeakyRelu | Maximum(Mul(a, x), x)
-                                      | Sub(Relu(x), Mul(a, Relu(Neg(x))))]
-                                       |
-                                     output FixNeuron
+    weight FixNeuron --[Identity]--> compute op [-> BatchToSpaceND]
+    bias FixNeuron (mode WEIGHT)  --> [bias op] -> [activation] -> output FixNeuron
 
-Every op after the compute op has a single consumer, except the two ops of a multi-op
-LeakyRelu's input. Positions are read from and written to the FixNeuron ``quantize_pos`` attr.
+A parameter here is a Const or a weight / bias FixNeuron (through Identity). Positions are read from and written to the FixNeuron ``quantize_pos`` attr.
 """
 
 import dataclasses
@@ -24,7 +17,9 @@ from typing import Optional, Tuple
 
 import tensorflow as tf
 
+from decent_q import layers
 from decent_q import registry
+from decent_q.graph import pattern
 from decent_q.graph import utils
 from decent_q.graph.utils import node_name, tensor_name
 from decent_q.ops import Mode
@@ -35,7 +30,6 @@ FIX_OP = "FixNeuron"
 # position of the tensor in front of them. SpaceToBatchND only pads with zeros (atrous conv).
 POSITION_PRESERVING_OPS = registry.SHAPE_ONLY_OPS | frozenset({"SpaceToBatchND",
                                                                "BatchToSpaceND"})
-_BIAS_OPS = registry.BIAS_OPS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,6 +49,7 @@ class QuantizedLayer:
     weight_fix: Optional[str]
     bias_fix: Optional[str]
     output_fix: Optional[str]
+    activation: Optional[layers.Activation] = None  # its kind, nodes and alpha tensor
 
     @property
     def accumulations(self):
@@ -129,6 +124,7 @@ class EvalModel:
         self.graph_def = graph_def
         self.nm = utils.NodeMap(graph_def)
         self.fixes = fix_neurons(graph_def)
+        self.view = pattern.GraphDefView(self.nm)
 
     # -- FixNeurons around tensors -------------------------------------------------------
     def fix_of(self, tensor):
@@ -208,10 +204,6 @@ class EvalModel:
         return None if node is None or node.op != "Const" else utils.const_value(node)
 
     # -- compute layers --------------------------------------------------------------------
-    def _single(self, name):
-        users = self.nm.node_consumers(name)
-        return users[0] if len(users) == 1 else None
-
     def _const_like(self, tensor):
         """True if `tensor` is a Const or a non-activation FixNeuron (through Identity)."""
         node = self.nm.get(tensor)
@@ -221,72 +213,27 @@ class EvalModel:
             return False
         return node.op == "Const" or (node.op == FIX_OP and mode(node) != Mode.ACTIVATION)
 
-    def _other_input(self, node, name):
-        ins = self.nm.data_inputs(node)
-        if len(ins) != 2:
-            return None
-        a, b = ins
-        return b if node_name(a) == name else a if node_name(b) == name else None
-
-    def _activation(self, cur):
-        """Nodes of the activation after `cur`, or []."""
-        users = self.nm.node_consumers(cur.name)
-        ops = sorted(u.op for u in users)
-        if len(users) == 1 and users[0].op in registry.ACTIVATION_OPS:
-            return [users[0]]
-        if ops == ["Maximum", "Mul"]:  # Maximum(Mul(alpha, x), x)
-            mul = next(u for u in users if u.op == "Mul")
-            maxi = next(u for u in users if u.op == "Maximum")
-            alpha = self._other_input(mul, cur.name)
-            if alpha is not None and self._const_like(alpha) and \
-                    mul.name in [node_name(i) for i in maxi.input]:
-                return [mul, maxi]
-        if ops == ["Neg", "Relu"]:  # Keras: Sub(Relu(x), Mul(alpha, Relu(Neg(x))))
-            relu = next(u for u in users if u.op == "Relu")
-            neg = next(u for u in users if u.op == "Neg")
-            relu2 = self._single(neg.name)
-            mul = relu2 is not None and self._single(relu2.name)
-            sub = self._single(relu.name)
-            if relu2 is not None and relu2.op == "Relu" and mul and mul.op == "Mul" and \
-                    sub is not None and sub.op == "Sub" and \
-                    mul.name in [node_name(i) for i in sub.input]:
-                return [relu, neg, relu2, mul, sub]
-        return []
-
     def layer(self, conv):
-        """The QuantizedLayer of compute node `conv` (a NodeDef)."""
+        """The QuantizedLayer of compute node `conv` (a NodeDef): the declared layer form
+        (decent_q.layers) with constants behind FixNeurons as its parameters."""
         spec = registry.COMPUTE_OPS[conv.op]
-        nodes = [conv.name]
         input_fix = self.input_fix(conv, spec.data_index)
         weight_fix = self.input_fix(conv, spec.weight_index)
         if weight_fix is not None and mode(self.fixes[weight_fix]) == Mode.ACTIVATION:
             weight_fix = None  # data x data product: no weights
-        cur = conv
-        nxt = self._single(cur.name)
-        if nxt is not None and nxt.op == "BatchToSpaceND":
-            nodes.append(nxt.name)
-            cur, nxt = nxt, self._single(nxt.name)
-        if nxt is not None and nxt.op == "Mul":  # QAT batch-norm correction, frozen
-            other = self._other_input(nxt, cur.name)
-            if other is not None and self.nm.producer(other) is not None and \
-                    self.nm.producer(other).op == "Const":
-                nodes.append(nxt.name)
-                cur, nxt = nxt, self._single(nxt.name)
-        bias_fix = None
-        if nxt is not None and nxt.op in _BIAS_OPS:
-            other = self._other_input(nxt, cur.name)
-            if other is not None and self._const_like(other):
-                bias_fix = self._fix_behind(other)
-                nodes.append(nxt.name)
-                cur = nxt
-        act = self._activation(cur)
-        if act:
-            nodes += [n.name for n in act]
-            cur = act[-1]
-        output_fix = self.fix_of(cur.name)
+        context = pattern.Context(is_param=self._const_like, is_data=lambda t: True,
+                                  is_weight=lambda t: True)
+        found = layers.match_layer(self.view, conv.name, context)
+        if found is None:  # too few inputs for its op type: a layer of one op
+            found = layers.LayerMatch(conv.name, conv.op, (conv.name,), None, None, None, None,
+                                      None)
+        nodes = tuple(n for n in found.nodes if n != found.space_to_batch)
+        bias_fix = self._fix_behind(found.bias) if found.bias is not None else None
+        output_fix = self.fix_of(found.last)
         kernel, in_channels = self._geometry(conv, weight_fix)
-        return QuantizedLayer(conv.name, conv.op, _KINDS[conv.op], tuple(nodes), kernel,
-                              in_channels, input_fix, weight_fix, bias_fix, output_fix)
+        return QuantizedLayer(conv.name, conv.op, _KINDS[conv.op], nodes, kernel,
+                              in_channels, input_fix, weight_fix, bias_fix, output_fix,
+                              found.activation)
 
     def _fix_behind(self, tensor):
         """The FixNeuron that is `tensor` or sits behind it through Identity, or None."""
