@@ -124,13 +124,19 @@ class QuantizeConfig:
                               "shape per input node")
 
     def require_nodes(self):
-        """Raises ConfigError unless input_nodes, output_nodes and input_shapes are set."""
+        """Raises ConfigError unless input_nodes, output_nodes and input_shapes are set, or if
+        nodes_method names an input node."""
         for name in ("input_nodes", "output_nodes", "input_shapes"):
             if not getattr(self, name):
                 raise ConfigError(f"{name} is required, e.g. "
                                   + {"input_nodes": "input_nodes=['input']",
                                      "output_nodes": "output_nodes=['logits']",
                                      "input_shapes": "input_shapes=[[-1, 224, 224, 3]]"}[name])
+        inputs = [n for n in self.nodes_method if n in self.input_nodes]
+        if inputs:
+            raise ConfigError(f"nodes_method gives a method for input node {inputs[0]!r}; input "
+                              "nodes always use method 0 (non-overflow), as in the original: "
+                              "remove the entry")
 
     def to_string(self) -> bytes:
         """The original's ``QuantizeConfig.to_string()``: ``name,value,`` pairs as bytes.

@@ -129,8 +129,9 @@ def _reader(checkpoint):
 
 def _check_checkpoint_matches(graph_def, checkpoint):
     """Raises QuantizeError if the checkpoint holds none of the graph's variables."""
+    from decent_q import registry  # pylint: disable=import-outside-toplevel
     stored = set(_reader(checkpoint).get_variable_to_shape_map())
-    names = {n.name for n in graph_def.node if n.op in ("VariableV2", "Variable", "VarHandleOp")}
+    names = {n.name for n in graph_def.node if n.op in registry.VARIABLE_OPS}
     if names and not names & stored:
         raise QuantizeError(f"checkpoint {checkpoint} holds none of the graph's variables; "
                             "is it the checkpoint of this graph?")

@@ -27,6 +27,7 @@ import logging
 from typing import Dict, List, Optional, Tuple
 
 from decent_q import layers as layers_lib
+from decent_q import config_names as names_lib
 from decent_q import registry
 from decent_q.errors import QuantizeError
 from decent_q.graph import pattern
@@ -35,10 +36,6 @@ from decent_q.graph.utils import node_name, tensor_name
 from decent_q.ops import Mode
 
 log = logging.getLogger("decent_q")
-
-# Ops that read a parameter: a weight named through them takes the parameter's name.
-_READ_OPS = frozenset({"Identity", "ReadVariableOp"})
-
 
 @dataclasses.dataclass(frozen=True)
 class QuantPoint:
@@ -91,7 +88,7 @@ def _weight_base(node_map, tensor):
     """The variable behind a weight tensor read through ``w/read`` or a ReadVariableOp (so
     nodes_bit / nodes_method may name the variable); else the tensor itself."""
     producer = node_map.producer(tensor)
-    if producer is not None and producer.op in _READ_OPS and producer.input:
+    if producer is not None and producer.op in registry.READ_OPS and producer.input:
         source = node_map.producer(producer.input[0])
         if source is not None and source.op in registry.PARAMETER_OPS:
             return tensor_name(source.name)
@@ -122,7 +119,7 @@ class _Finder:
         self.view = pattern.GraphDefView(self.nm)
         self.context = pattern.Context(is_param=self.is_param,
                                        allowed=lambda name: name in self.range)
-        self.ignored = frozenset(config.ignore_nodes)
+        self.names = names_lib.NameTables(config)  # ignore_nodes, nodes_bit, nodes_method
         self.points: List[QuantPoint] = []
         self.layers: List[Layer] = []
         self.float_nodes: Dict[str, str] = {}
@@ -160,12 +157,12 @@ class _Finder:
         return name
 
     def add_activation(self, name, point=None):
-        if name in self.ignored:
+        if self.names.ignored(name):
             self.float_nodes[name] = "in ignore_nodes"
             return None
         return self.add(name, "activation", Mode.ACTIVATION,
-                        self.config.bit_width(name, self.config.activation_bit),
-                        self.config.method_for(name), name=point)
+                        self.names.bits(name, self.config.activation_bit),
+                        self.names.method(name), name=point)
 
     # -- the walk -------------------------------------------------------------------------
     def run(self):
@@ -174,10 +171,10 @@ class _Finder:
         for name in order:
             node = self.nm[name]
             if name in inputs:
-                if name not in self.ignored:
-                    # Graph inputs always use method 0 (non-overflow).
+                if not self.names.ignored(name):
                     self.add(name, "input", Mode.ACTIVATION,
-                             self.config.bit_width(name, self.config.activation_bit), 0)
+                             self.names.bits(name, self.config.activation_bit),
+                             registry.INPUT_METHOD)
                 continue
             if name in self.done:
                 continue
@@ -204,11 +201,7 @@ class _Finder:
     def data_ready(self, node):
         """Data inputs of node (parameters and shape inputs excluded) and whether all are
         quantized."""
-        ins = self.nm.data_inputs(node)
-        if node.op in ("Concat", "ConcatV2"):
-            ins = ins[1:] if node.op == "Concat" else ins[:-1]
-        elif node.op in registry.DATA_INPUTS:
-            ins = [ins[i] for i in registry.DATA_INPUTS[node.op] if i < len(ins)]
+        ins = registry.data_inputs(node.op, self.nm.data_inputs(node))
         data = [tensor_name(i) for i in ins if not self.is_param(i)]
         return data, bool(data) and all(t in self.quantized for t in data)
 
@@ -217,17 +210,17 @@ class _Finder:
         if not ready:
             self.float_nodes[node.name] = "an input is not quantized"
             return
-        if node.name in self.ignored:
+        if self.names.ignored(node.name):
             self.float_nodes[node.name] = "in ignore_nodes"
             return
-        if node.op in ("Concat", "ConcatV2"):
-            axis_index = 0 if node.op == "Concat" else len(self.nm.data_inputs(node)) - 1
+        if node.op in registry.CONCAT_AXIS_INPUT:
+            axis_index = registry.CONCAT_AXIS_INPUT[node.op] % len(self.nm.data_inputs(node))
             for i, inp in enumerate(self.nm.data_inputs(node)):
                 producer = self.nm.producer(inp)
                 if i != axis_index and producer is not None and producer.op == "Const":
                     self.add(inp, "activation", Mode.ACTIVATION,
-                             self.config.bit_width(producer.name, self.config.activation_bit),
-                             self.config.method_for(producer.name),
+                             self.names.bits(producer.name, self.config.activation_bit),
+                             self.names.method(producer.name),
                              consumers=((node.name, i),))
         follower = self.single_consumer(node.name)
         if follower is not None and self.fuses(node, follower):
@@ -242,14 +235,16 @@ class _Finder:
         return other is not None and self.is_param(other)
 
     def fuses(self, node, follower):
+        """Whether `node` is quantized once after `follower` (registry.FUSIONS)."""
         out = tensor_name(node.name)
-        if node.op in ("Add", "AddV2", "AddN") and follower.op in ("Relu", "Relu6"):
-            return True
-        if node.op in ("AvgPool", "Mean") and follower.op == "Mul":
-            return self.param_other(follower, out)
-        if node.op == "Mul" and follower.op in registry.BIAS_OPS:
-            # x * scale + offset: a batch norm with no compute op before it
-            data = self.data_ready(node)[0]
+        for ops, followers, condition in registry.FUSIONS:
+            if node.op not in ops or follower.op not in followers:
+                continue
+            if condition == "always":
+                return True
+            if condition == "follower_scales":
+                return self.param_other(follower, out)
+            data = self.data_ready(node)[0]  # scale_offset
             return len(data) == 1 and self.param_other(node, data[0]) and \
                 self.param_other(follower, out)
         return False
@@ -263,7 +258,7 @@ class _Finder:
             found = layers_lib.match_layer(self.view, conv.name, self.context)
         if found is None:
             return False
-        ignored = conv.name in self.ignored
+        ignored = self.names.ignored(conv.name)
         input_point = None if ignored else self.input_point(found.input)
         weight_point = bias_point = None
         if not ignored:
@@ -288,11 +283,10 @@ class _Finder:
             return None
         point = self.quantized.get(tensor)
         producer = node_name(tensor)
-        if point is None and tensor not in self.quantized and producer not in self.ignored:
-            cfg = self.config
+        if point is None and tensor not in self.quantized and not self.names.ignored(producer):
             point = self.add(tensor, "activation", Mode.ACTIVATION,
-                             cfg.bit_width(producer, cfg.activation_bit),
-                             cfg.method_for(producer))
+                             self.names.bits(producer, self.config.activation_bit),
+                             self.names.method(producer))
         return point
 
     def weight_point(self, conv, weight, declared):
@@ -303,10 +297,11 @@ class _Finder:
         names = (node_name(weight), node_name(_weight_base(self.nm, weight)))
         key = _first_named(cfg.nodes_bit, names, conv.name)
         method_key = _first_named(cfg.nodes_method, names, conv.name)
+        self.names.weight_names[conv.name] = names
         consumers = declared.weights_consumers if declared is not None else \
             ((conv.name, registry.COMPUTE_OPS[conv.op].weight_index),)
         return self.add(weight, "weight", registry.COMPUTE_OPS[conv.op].mode,
-                        cfg.bit_width(key, cfg.weight_bit), cfg.method_for(method_key),
+                        self.names.bits(key, cfg.weight_bit), self.names.method(method_key),
                         consumers=consumers, name=point_name(weight, "wquant"))
 
     def bias_point(self, conv, found):
@@ -314,8 +309,9 @@ class _Finder:
         base = node_name(_weight_base(self.nm, found.bias))
         names = (node_name(found.bias), base)
         return self.add(found.bias, "bias", Mode.WEIGHT,
-                        cfg.bit_width(_first_named(cfg.nodes_bit, names, base), cfg.weight_bit),
-                        cfg.method_for(_first_named(cfg.nodes_method, names, base)),
+                        self.names.bits(_first_named(cfg.nodes_bit, names, base),
+                                        cfg.weight_bit),
+                        self.names.method(_first_named(cfg.nodes_method, names, base)),
                         consumers=self.bias_consumers(conv, found.nodes, found.bias),
                         name=point_name(found.bias, "wquant"))
 
@@ -371,7 +367,9 @@ def plan_quantization(graph_def, config, parameters=(), exclude=(), layers=None)
       QuantizeError: a named node is not in the graph, or no compute layer is found.
     """
     config.require_nodes()
-    plan = _Finder(graph_def, config, parameters, exclude, layers or {}).run()
+    finder = _Finder(graph_def, config, parameters, exclude, layers or {})
+    plan = finder.run()
+    names_lib.warn_unused(finder.names, plan, finder.nm)
     for name, reason in sorted(plan.float_nodes.items()):
         if "not supported" in reason:
             log.warning("node %s: %s", name, reason)

@@ -53,7 +53,37 @@ DATA_INPUTS = {
     "Reshape": (0,), "ExpandDims": (0,), "Squeeze": (0,), "Mean": (0,), "Pad": (0,),
     "MirrorPad": (0,), "ResizeBilinear": (0,), "ResizeNearestNeighbor": (0,),
     "StridedSlice": (0,), "Slice": (0,), "Transpose": (0,), "Tile": (0,),
+    "Concat": slice(1, None), "ConcatV2": slice(0, -1),
 }
+
+# The axis input of a concatenation (its other inputs are data; a constant one is quantized for
+# the concat alone).
+CONCAT_AXIS_INPUT = {"Concat": 0, "ConcatV2": -1}
+
+
+def data_inputs(op_type, inputs):
+    """The inputs of an op of `op_type` that carry data (DATA_INPUTS)."""
+    kept = DATA_INPUTS.get(op_type)
+    if kept is None:
+        return list(inputs)
+    if isinstance(kept, slice):
+        return list(inputs)[kept]
+    return [inputs[i] for i in kept if i < len(inputs)]
+
+
+# Ops quantized once, after their only consumer (the follower), instead of twice:
+# (op types, follower types, condition). Conditions: "always"; "follower_scales": the
+# follower's other input is a parameter (AvgPool * the DPU factor); "scale_offset": op is
+# x * parameter and the follower adds a parameter (a batch norm with no compute op before it).
+FUSIONS = (
+    (frozenset({"Add", "AddV2", "AddN"}), frozenset({"Relu", "Relu6"}), "always"),
+    (frozenset({"AvgPool", "Mean"}), frozenset({"Mul"}), "follower_scales"),
+    (frozenset({"Mul"}), BIAS_OPS, "scale_offset"),
+)
+
+# The method the graph's input nodes get, whatever nodes_method or method say (non-overflow,
+# as in the original).
+INPUT_METHOD = 0
 
 # Ops that pass values through unchanged in position: quantizing their output would repeat the
 # input's FixNeuron; positions are propagated through them instead (align_concat walks them).
@@ -75,5 +105,10 @@ SHAPE_OPS = frozenset({"Shape", "ShapeN", "Size", "Rank"})
 BATCH_NORM_OPS = frozenset({"FusedBatchNorm", "FusedBatchNormV2", "FusedBatchNormV3",
                             "BatchNormWithGlobalNormalization"})
 
+# Variables (ref and resource), and the ops that read one: a weight read through them is named
+# after the variable in nodes_bit / nodes_method, and QAT looks through them for parameters.
+VARIABLE_OPS = frozenset({"VariableV2", "Variable", "VarHandleOp"})
+READ_OPS = frozenset({"Identity", "ReadVariableOp"})
+
 # Ops that hold or read parameters (never activations).
-PARAMETER_OPS = frozenset({"Const", "VariableV2", "Variable", "VarHandleOp", "ReadVariableOp"})
+PARAMETER_OPS = frozenset({"Const", "ReadVariableOp"}) | VARIABLE_OPS

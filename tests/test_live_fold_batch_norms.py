@@ -17,10 +17,23 @@ def build(kind, is_training, bias=False):
     graph = tf.Graph()
     with graph.as_default():
         x = tf.compat.v1.placeholder(tf.float32, [None, 8, 8, 3], name="input")
-        if kind == "keras":
+        if kind in ("keras", "keras_dense"):
             import tf_keras  # pylint: disable=import-outside-toplevel
-            y = tf_keras.layers.Conv2D(4, 3, use_bias=bias, name="conv")(x)
+            if kind == "keras":
+                y = tf_keras.layers.Conv2D(4, 3, use_bias=bias, name="conv")(x)
+            else:  # rank 2: an unfused batch norm (tf.nn.batch_normalization's ops)
+                y = tf_keras.layers.Dense(4, use_bias=bias, name="dense")(
+                    tf.reshape(x, [-1, 8 * 8 * 3]))
             y = tf_keras.layers.BatchNormalization(name="bn")(y, training=is_training)
+        elif kind in ("slim_unfused", "slim_dense"):
+            bn = {"is_training": is_training, "scale": True, "fused": False}
+            if kind == "slim_unfused":
+                y = slim.conv2d(x, 4, 3, activation_fn=None, scope="conv",
+                                normalizer_fn=slim.batch_norm, normalizer_params=bn)
+            else:
+                y = slim.fully_connected(tf.reshape(x, [-1, 8 * 8 * 3]), 4, activation_fn=None,
+                                         scope="fc", normalizer_fn=slim.batch_norm,
+                                         normalizer_params=bn)
         else:
             bn = {"is_training": is_training, "scale": True}
             if kind == "conv":
@@ -78,7 +91,11 @@ def fold_and_reopen(graph, sess, **kwargs):
 
 
 KINDS = [("conv", False), ("conv", True), ("depthwise", False), ("atrous", False),
-         ("keras", False), ("keras", True)]
+         ("keras", False), ("keras", True),
+         # unfused batch norms: tf.nn.batch_normalization's ops
+         ("keras_dense", False), ("keras_dense", True), ("slim_unfused", False),
+         ("slim_dense", False)]
+UNFUSED = ["keras_dense", "slim_unfused", "slim_dense"]
 
 
 @pytest.mark.parametrize("kind,bias", KINDS)
@@ -97,8 +114,10 @@ def test_fold_equals_batch_norm(kind, bias, is_training):
         # normalises its output.
         assert conv.inputs[1].name == f"{scope}/conv_weights:0"
         assert out.inputs[0].name == f"{bn_name}:0"
-        assert graph.get_operation_by_name(bn_name) in [
-            c for op in [conv] + conv.outputs[0].consumers() for c in op.outputs[0].consumers()]
+        near = [conv]  # the batch norm is within three ops after the conv
+        for _ in range(3):
+            near += [c for op in near for c in op.outputs[0].consumers()]
+        assert graph.get_operation_by_name(bn_name) in near
         layer = result.layers[conv.name]
         assert layer.weights == f"{scope}/weights:0" and layer.weights_consumers
         assert layer.nodes[0] == conv.name and layer.nodes[-1] == bn_name
@@ -116,7 +135,8 @@ LOSS_WEIGHTS = RNG.standard_normal((6, 8)).astype(np.float32)
 def gradients(graph, sess):
     """Gradients of a global-average-pooling loss w.r.t. every trainable variable, by name."""
     with graph.as_default():
-        pooled = tf.reduce_mean(graph.get_tensor_by_name("out:0"), [1, 2])
+        out = graph.get_tensor_by_name("out:0")
+        pooled = tf.reduce_mean(out, [1, 2]) if out.shape.rank == 4 else out
         loss = tf.reduce_sum(pooled * LOSS_WEIGHTS[:, :pooled.shape[-1]])
         variables = tf.compat.v1.trainable_variables()
         grads = tf.gradients(loss, variables)
@@ -188,31 +208,36 @@ def test_forward_differs_from_the_two_conv_form_only_by_the_weight_quantization(
     assert 1e-4 < difference < 0.05, difference
 
 
-def moving_statistics_output(graph, sess):
-    """relu(BN with the moving statistics) of the conv output, in NumPy (float64)."""
-    bn = graph.get_operation_by_name("conv/BatchNorm/FusedBatchNormV3")
-    y, gamma, beta, mean, var = sess.run(list(bn.inputs), {"input:0": X})
-    scale = gamma / np.sqrt(var.astype(np.float64) + bn.get_attr("epsilon"))
-    return np.maximum(y * scale + (beta - mean * scale), 0)
+def moving_statistics_output(kind, graph, sess):
+    """The output of the same net in inference (the batch norm with the moving statistics),
+    with `graph`'s variable values."""
+    reference, reference_sess = build(kind, False)
+    copy_variables(graph, sess, reference, reference_sess)
+    return run(reference, reference_sess)
 
 
-def test_freeze_step_zero_uses_moving_statistics():
-    graph, sess = build("conv", True)
-    expected = moving_statistics_output(graph, sess)
+@pytest.mark.parametrize("kind", ["conv"] + UNFUSED)
+def test_freeze_step_zero_uses_moving_statistics(kind):
+    graph, sess = build(kind, True)
+    expected = moving_statistics_output(kind, graph, sess)
     result, sess = fold_and_reopen(graph, sess, freeze_step=0)
-    scope = result.folded[0][1]
+    bn_name, scope = result.folded[0]
     assert graph.get_operation_by_name("out").inputs[0].name == f"{scope}/BiasAdd:0"
     # The batch norm still runs (for the moving averages), on the unscaled folded conv.
-    bn = graph.get_operation_by_name("conv/BatchNorm/FusedBatchNormV3")
-    assert bn.inputs[0].name == f"{scope}/unscale:0" and bn.name in result.exclude
+    assert bn_name in result.exclude
+    if kind == "conv":
+        bn = graph.get_operation_by_name("conv/BatchNorm/FusedBatchNormV3")
+        assert bn.inputs[0].name == f"{scope}/unscale:0"
     np.testing.assert_allclose(run(graph, sess), expected, atol=1e-5, rtol=1e-5)
 
 
-def test_freeze_step_switches_at_the_global_step():
-    graph, sess = build("conv", True)
+@pytest.mark.parametrize("kind", ["conv"] + UNFUSED)
+def test_freeze_step_switches_at_the_global_step(kind):
+    graph, sess = build(kind, True)
     training_out = run(graph, sess)
-    moving_out = moving_statistics_output(graph, sess)
-    _, sess = fold_and_reopen(graph, sess, freeze_step=5)
+    moving_out = moving_statistics_output(kind, graph, sess)
+    result, sess = fold_and_reopen(graph, sess, freeze_step=5)
+    assert len(result.folded) == 1
     with graph.as_default():
         step = tf.compat.v1.train.get_global_step()
         np.testing.assert_allclose(run(graph, sess), training_out, atol=1e-5, rtol=1e-5)
@@ -221,26 +246,33 @@ def test_freeze_step_switches_at_the_global_step():
         # Frozen statistics stay frozen: the moving-average updates change nothing.
         moving = [v for v in tf.compat.v1.global_variables() if "moving" in v.op.name]
         before = sess.run(moving)
-        sess.run(tf.compat.v1.get_collection(tf.compat.v1.GraphKeys.UPDATE_OPS), {"input:0": X})
+        sess.run(update_ops(graph), {"input:0": X})
         for got, want in zip(sess.run(moving), before):
             np.testing.assert_allclose(got, want, rtol=1e-6)
 
 
+def update_ops(graph):
+    """The moving-average updates (slim: UPDATE_OPS; Keras: the layer's updates)."""
+    return [op for op in graph.get_operations()
+            if op.type in ("AssignSub", "AssignSubVariableOp")]
+
+
+@pytest.mark.parametrize("kind", ["conv"] + UNFUSED)
 @pytest.mark.parametrize("freeze_step", [-1, 0, 5])
-def test_moving_averages_update_as_before(freeze_step):
+def test_moving_averages_update_as_before(freeze_step, kind):
     """The batch norm's moving averages get the same updates as in the float graph (it reads
     the unscaled folded conv, which equals the float conv up to the weight quantization)."""
-    graph, sess = build("conv", True)
+    graph, sess = build(kind, True)
     with graph.as_default():
         moving = [v for v in tf.compat.v1.global_variables() if "moving" in v.op.name]
         start = sess.run(moving)
-        sess.run(tf.compat.v1.get_collection(tf.compat.v1.GraphKeys.UPDATE_OPS), {"input:0": X})
+        sess.run(update_ops(graph), {"input:0": X})
         expected = sess.run(moving)
         for v, value in zip(moving, start):
             v.load(value, sess)
     _, sess = fold_and_reopen(graph, sess, freeze_step=freeze_step)
     with graph.as_default():
-        sess.run(tf.compat.v1.get_collection(tf.compat.v1.GraphKeys.UPDATE_OPS), {"input:0": X})
+        sess.run(update_ops(graph), {"input:0": X})
         for got, want, was in zip(sess.run(moving), expected, start):
             assert not np.allclose(want, was)
             np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)

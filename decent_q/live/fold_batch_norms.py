@@ -4,13 +4,15 @@ The training and evaluation graphs of a QAT script hold variables, so the frozen
 (:mod:`decent_q.transforms.fold_batch_norms`) cannot run on them. This pass builds the folded
 layer next to the original one and moves the batch norm's consumers onto it. Matched::
 
-    x -> conv(x, W) -> [BatchToSpaceND] -> [BiasAdd(b)] -> FusedBatchNorm{,V2,V3}(gamma, beta,
-                                                                  moving_mean, moving_var) -> ...
-    conv = Conv2D | DepthwiseConv2dNative | Conv2DBackpropInput | MatMul   (NHWC)
+    x -> conv(x, W) -> [BatchToSpaceND] -> [bias(b)] -> batch norm -> ...
 
-Batch norms in unfused form (Keras' BatchNormalization of a rank-2 input, i.e. Dense + batch
-norm, or ``slim.batch_norm(fused=False)``) are not folded here: they train as float ops between
-quantized layers.
+the compute layer and every batch-norm form of :mod:`decent_q.layers` that post-training
+quantization folds: FusedBatchNorm{,V2,V3} (NHWC), BatchNormWithGlobalNormalization, the ops of
+``tf.nn.batch_normalization`` (Keras' BatchNormalization of a rank-2 input, i.e. Dense + batch
+norm, and ``slim.batch_norm(fused=False)``; their batch statistics come from ``tf.nn.moments``
+of the layer output in training) and ``x * scale + offset`` with parameter scale and offset
+(folded as an inference batch norm in both phases). A batch norm with no compute layer in front
+cannot be folded into weights: it stays a float op (a warning names it).
 
 Built under ``F = <conv scope>/BatchNorm_Fold`` (the same names in the training and the
 evaluation graph, so one checkpoint serves both), with sigma = sqrt(var + eps)::
@@ -61,14 +63,14 @@ from typing import Dict, List, Optional, Tuple
 
 import tensorflow as tf
 
+from decent_q import layers
 from decent_q import registry
 from decent_q.errors import QuantizeError
+from decent_q.graph import pattern
 from decent_q.live import edit
 
 log = logging.getLogger("decent_q")
 
-_READ_OPS = ("Identity", "ReadVariableOp")
-_VARIABLE_OPS = ("VariableV2", "Variable", "VarHandleOp")
 _ASSIGN_SUB_OPS = ("AssignSub", "AssignSubVariableOp")
 
 
@@ -108,62 +110,128 @@ class _Match:
     space_to_batch: tf.Operation  # BatchToSpaceND after an atrous conv, or None
     bias_op: tf.Operation          # BiasAdd / Add after the conv, or None
     bias: tf.Tensor                # its bias vector, or None
-    bn: tf.Operation
+    bn: "_BatchNorm"
 
 
-def _single_consumer(tensor):
-    users = tensor.consumers()
-    return users[0] if len(users) == 1 else None
+@dataclasses.dataclass
+class _BatchNorm:
+    """A matched batch norm, whatever its form (layers.BATCH_NORMS)."""
+    form: str
+    op: tf.Operation               # its last op: its output 0 is the normalised tensor
+    x: tf.Tensor                   # the tensor it normalises
+    ops: List[tf.Operation]        # its ops, batch-statistics ops included
+    gamma: Optional[tf.Tensor]
+    beta: Optional[tf.Tensor]
+    epsilon: object                # a float or a tensor
+    training: bool                 # normalises with batch statistics
+    mean: tf.Tensor                # moving (inference) or batch (training) statistics
+    variance: tf.Tensor
+
+    @property
+    def chain(self):
+        """Its ops on the data path, x to output: the op itself, or x * inv -> + offset."""
+        if self.form in ("fused", "global_normalization"):
+            return [self.op]
+        return [self.op.inputs[0].op if self.op.inputs[0].op in self.ops else
+                self.op.inputs[1].op, self.op]
+
+    @property
+    def side_inputs(self):
+        """Tensors the chain reads that are computed from statistics (not data)."""
+        chain = self.chain
+        return [t for op in chain for t in op.inputs
+                if t.op not in chain and t is not self.x and t.op in self.ops]
+
+    @property
+    def output(self):
+        return self.op.outputs[0]
+
+    def batch_statistic(self, index):
+        """The batch mean (index 1) or variance (2) the moving averages read."""
+        if self.form == "fused":
+            return self.op.outputs[index]
+        return self.mean if index == 1 else self.variance
 
 
 def _is_parameter(tensor):
     """A weight read from a variable or a constant (possibly through Identity reads)."""
     op = tensor.op
     for _ in range(4):
-        if op.type in _VARIABLE_OPS or op.type == "Const":
+        if op.type in registry.VARIABLE_OPS or op.type == "Const":
             return True
-        if op.type not in _READ_OPS or not op.inputs:
+        if op.type not in registry.READ_OPS or not op.inputs:
             return False
         op = op.inputs[0].op
     return False
 
 
-def _match(bn):
-    """The layer in front of batch norm `bn` (see the module docstring), or None."""
-    if bn.get_attr("data_format") not in (b"NHWC", "NHWC"):
-        return None
-    cur = bn.inputs[0].op
-    bias_op = bias = None
-    if cur.type in registry.BIAS_OPS and len(cur.inputs) == 2:
-        for data, other in ((0, 1), (1, 0)):
-            if cur.inputs[data].op.type in registry.COMPUTE_OPS or \
-                    cur.inputs[data].op.type == "BatchToSpaceND":
-                if cur.inputs[other].shape.rank == 1 and _is_parameter(cur.inputs[other]):
-                    bias_op, bias = cur, cur.inputs[other]
-                    cur = cur.inputs[data].op
-                break
-        if bias_op is None:
+def _context(graph):
+    return pattern.Context(is_param=lambda t: _is_parameter(graph.get_tensor_by_name(t)))
+
+
+def _describe(graph, form, found):
+    """The _BatchNorm of a layers.match_batch_norm result, or None if it cannot be folded."""
+    tensor = graph.get_tensor_by_name
+    op = graph.get_operation_by_name(found["batch_norm"])
+    if form == "fused":
+        if op.get_attr("data_format") not in (b"NHWC", "NHWC"):
             return None
-        if _single_consumer(bias_op.outputs[0]) is not bn:
-            return None
-    batch_to_space = None
-    if cur.type == "BatchToSpaceND":
-        batch_to_space, cur = cur, cur.inputs[0].op
-        if _single_consumer(cur.outputs[0]) is not batch_to_space:
-            return None
-    if cur.type not in registry.COMPUTE_OPS:
+        return _BatchNorm(form, op, op.inputs[0], [op], op.inputs[1], op.inputs[2],
+                          op.get_attr("epsilon"), bool(op.get_attr("is_training")),
+                          op.inputs[3], op.inputs[4])
+    if form == "global_normalization":
+        gamma = op.inputs[4] if op.get_attr("scale_after_normalization") else None
+        return _BatchNorm(form, op, op.inputs[0], [op], gamma, op.inputs[3],
+                          op.get_attr("variance_epsilon"), False, op.inputs[1], op.inputs[2])
+    if form == "scale_offset":
+        return _BatchNorm(form, op, tensor(found["x"]), [graph.get_operation_by_name(n)
+                                                          for n in found.ops],
+                          tensor(found["scale"]), tensor(found["offset"]), None, False, None,
+                          None)
+    mean, variance = tensor(found["mean"]), tensor(found["variance"])
+    training = not (_is_parameter(mean) and _is_parameter(variance))
+    x = tensor(found["x"])
+    ops = [graph.get_operation_by_name(n) for n in found.ops]
+    if training:
+        ops += _statistics_ops(x, (mean, variance))
+    return _BatchNorm(form, op, x, ops, tensor(found["gamma"]) if "gamma" in found.captures
+                      else None, tensor(found["beta"]) if "beta" in found.captures else None,
+                      tensor(found["epsilon"]), training, mean, variance)
+
+
+def _statistics_ops(x, statistics):
+    """The ops between `x` and its batch statistics (tf.nn.moments: Mean, StopGradient,
+    SquaredDifference, Squeeze)."""
+    found, stack = {}, [t.op for t in statistics]
+    while stack:
+        op = stack.pop()
+        if op.name in found or len(found) > 16:
+            continue
+        found[op.name] = op
+        stack.extend(t.op for t in op.inputs if t is not x and not _is_parameter(t))
+    return list(found.values())
+
+
+_LIVE_FORMS = ("fused", "global_normalization", "nn_batch_normalization", "scale_offset")
+_LAST_OP_TYPES = registry.BATCH_NORM_OPS | {"Add", "AddV2"}
+
+
+def _layer_in_front(graph, bn):
+    """The compute layer whose output `bn` normalises, as a _Match, or None."""
+    found = pattern.match(layers.BIASED, bn.x.name, graph, _context(graph))
+    if found is None or not found.closed(pattern.LiveView(graph)):
         return None
-    spec = registry.COMPUTE_OPS[cur.type]
-    if not _is_parameter(cur.inputs[spec.weight_index]):
+    conv = graph.get_operation_by_name(found["compute"])
+    if conv.type == "MatMul" and conv.get_attr("transpose_a"):
         return None
-    if cur.type == "MatMul" and cur.get_attr("transpose_a"):
+    if not set(op.name for op in bn.x.consumers()) <= {op.name for op in bn.ops}:
         return None
-    if _single_consumer(cur.outputs[0]) is not (batch_to_space or bias_op or bn):
+    bias = graph.get_tensor_by_name(found["bias"]) if found.get("bias") else None
+    if bias is not None and bias.shape.rank != 1:
         return None
-    if batch_to_space is not None and \
-            _single_consumer(batch_to_space.outputs[0]) is not (bias_op or bn):
-        return None
-    return _Match(cur, batch_to_space, bias_op, bias, bn)
+    get = graph.get_operation_by_name
+    return _Match(conv, get(found["batch_to_space"]) if found.get("batch_to_space") else None,
+                  get(found["bias_op"]) if found.get("bias_op") else None, bias, bn)
 
 
 def _is_empty(tensor):
@@ -177,37 +245,47 @@ def _read(variable_op):
 
 
 def _moving_statistic(bn, index):
-    """The moving mean (index 3) or variance (4) of `bn`: its input, or, where the batch norm
-    was given none (training mode), the variable its batch statistic updates::
+    """The moving mean (index 1) or variance (2) of `bn`: its input in inference, or, where it
+    normalises with batch statistics, the variable its batch statistic updates::
 
-        bn:k -> Sub(moving_read, bn:k) -> Mul(decay) -> AssignSub(moving_variable)
+        batch statistic -> Sub(moving_read, statistic) -> Mul(decay) -> AssignSub(moving)
     """
-    tensor = bn.inputs[index]
-    if not _is_empty(tensor):
+    tensor = bn.mean if index == 1 else bn.variance
+    if not bn.training or (bn.form == "fused" and not _is_empty(tensor)):
         return tensor
-    stack, seen = [(bn.outputs[index - 2], 0)], set()
+    stack, seen = [(bn.batch_statistic(index), 0)], set()
     while stack:
         t, depth = stack.pop()
         for user in t.consumers():
             if user.type in _ASSIGN_SUB_OPS:
                 return _read(user.inputs[0].op)
-            if depth < 3 and user.name not in seen:
+            if depth < 3 and user.name not in seen and user not in bn.ops:
                 seen.add(user.name)
                 stack.extend((o, depth + 1) for o in user.outputs)
-    raise QuantizeError(f"batch norm {bn.name} has no moving statistics (input {index} is empty "
-                        "and no moving-average update reads its batch statistics); build it "
-                        "with moving averages (e.g. slim.batch_norm / BatchNormalization)")
+    raise QuantizeError(f"batch norm {bn.op.name} has no moving statistics (no moving-average "
+                        "update reads its batch statistics); build it with moving averages "
+                        "(e.g. slim.batch_norm / BatchNormalization)")
 
 
 def _scale_weights(weights, scale, conv):
-    """W * scale per output channel (registry.COMPUTE_OPS out axes)."""
-    if conv.type == "DepthwiseConv2dNative":  # [kh, kw, in, mult]; channel = in * mult
-        return weights * tf.reshape(scale, tf.shape(weights)[2:])
-    if conv.type == "Conv2DBackpropInput":    # [kh, kw, out, in]
-        return weights * tf.reshape(scale, [-1, 1])
-    if conv.type == "MatMul" and conv.get_attr("transpose_b"):  # [out, in]
-        return weights * tf.reshape(scale, [-1, 1])
-    return weights * scale                    # Conv2D [kh, kw, in, out], MatMul [in, out]
+    """W * scale per output channel (layers.channel_shape)."""
+    transpose_b = conv.type == "MatMul" and conv.get_attr("transpose_b")
+    shape = layers.channel_shape(conv.type, weights.shape.as_list(), transpose_b)
+    if shape == [-1]:
+        return weights * scale
+    return weights * tf.reshape(scale, shape)
+
+
+def _folding_scale(m, moving_var, weights):
+    """F/scale: gamma / sqrt(moving variance + eps), or the constant scale of x * s + o."""
+    bn = m.bn
+    if bn.form == "scale_offset":
+        transpose_b = m.conv.type == "MatMul" and m.conv.get_attr("transpose_b")
+        channels = layers.out_channels(m.conv.type, weights.shape.as_list(), transpose_b)
+        return tf.multiply(bn.gamma, tf.ones([channels], bn.gamma.dtype), name="scale")
+    if bn.gamma is None:
+        return tf.math.rsqrt(moving_var + bn.epsilon, name="scale")
+    return tf.multiply(bn.gamma, tf.math.rsqrt(moving_var + bn.epsilon), name="scale")
 
 
 def _copy_op(op, inputs, name):
@@ -253,16 +331,14 @@ def _fold(graph, m, freeze_step):
     """
     bn = m.bn
     spec = registry.COMPUTE_OPS[m.conv.type]
-    gamma, beta = bn.inputs[1], bn.inputs[2]
-    eps = bn.get_attr("epsilon")
-    training = bool(bn.get_attr("is_training"))
+    training = bn.training
     step = _global_step(graph) if training and freeze_step > 0 else None
     before = {op.name for op in graph.get_operations()}
     scope = _fold_scope(graph, m.conv)
     with graph.as_default(), graph.name_scope(None), graph.name_scope(scope + "/"):
-        moving_mean = _moving_statistic(bn, 3)
-        moving_var = _moving_statistic(bn, 4)
-        scale = tf.multiply(gamma, tf.math.rsqrt(moving_var + eps), name="scale")
+        moving_mean = _moving_statistic(bn, 1) if bn.mean is not None else None
+        moving_var = _moving_statistic(bn, 2) if bn.variance is not None else None
+        scale = _folding_scale(m, moving_var, m.conv.inputs[spec.weight_index])
         weights = tf.identity(_scale_weights(m.conv.inputs[spec.weight_index], scale, m.conv),
                               name="weights")
         conv_weights = weights
@@ -284,8 +360,7 @@ def _fold(graph, m, freeze_step):
         if m.space_to_batch is not None:
             out = _copy_op(m.space_to_batch, [out] + list(m.space_to_batch.inputs[1:]),
                            name="BatchToSpaceND").outputs[0]
-        b = m.bias if m.bias is not None else tf.zeros_like(beta)
-        bias = tf.identity(beta + (b - moving_mean) * scale, name="bias")
+        bias = _folded_bias(m, moving_mean, scale)
         inference = None
         if not training or freeze_step >= 0:
             inference = tf.nn.bias_add(out, bias, name="BiasAdd")
@@ -298,32 +373,34 @@ def _fold(graph, m, freeze_step):
         if training:
             # The batch norm reads the float-scale conv output (through the original bias op,
             # whose variable keeps its name).
-            edit.replace_input(m.bias_op or bn, (m.space_to_batch or m.conv).outputs[0], unscaled)
+            edit.rewire_consumers((m.space_to_batch or m.conv).outputs[0], unscaled)
         if not training or freeze_step == 0:
             result = inference
         elif step is None:
-            result = bn.outputs[0]
+            result = bn.output
         else:
-            result = tf.where(frozen, inference, bn.outputs[0], name="output")
+            result = tf.where(frozen, inference, bn.output, name="output")
             # Frozen statistics stay frozen: the moving-average updates then read the moving
             # statistics themselves (no change), as PyTorch's freeze_bn.
             for k, moving in ((1, moving_mean), (2, moving_var)):
-                held = tf.where(frozen, moving, bn.outputs[k], name=f"frozen_statistic_{k}")
-                edit.rewire_consumers(bn.outputs[k], held, skip=(held.op,))
-    if result is not bn.outputs[0]:
-        edit.rewire_consumers(bn.outputs[0], result, skip=(result.op,))
-    original = [op for op in (m.bias_op, bn) if op is not None]
+                statistic = bn.batch_statistic(k)
+                held = tf.where(frozen, moving, statistic, name=f"frozen_statistic_{k}")
+                edit.rewire_consumers(statistic, held, skip=[held.op] + bn.ops)
+    if result is not bn.output:
+        edit.rewire_consumers(bn.output, result, skip=(result.op,))
+    original = ([m.bias_op] if m.bias_op is not None else []) + bn.chain
     if result is inference:
         main = [conv.op, out.op, inference.op]
     else:
         main = [conv.op, out.op] + original
-        if result is not bn.outputs[0]:
+        if result is not bn.output:
             main += [inference.op, result.op]
     main = [op.name for op in dict.fromkeys(main)]  # without atrous, out is F/conv
     created = sorted(op.name for op in graph.get_operations()
                      if op.name not in before and op.name not in main)
-    dead = [m.conv.name] + [op.name for op in [m.space_to_batch] + original
+    dead = [m.conv.name] + [op.name for op in [m.space_to_batch] + original + bn.ops
                             if op is not None and op.name not in main]
+    dead = list(dict.fromkeys(dead))
     layer = None
     if training:
         reader = (inference.op.name, 1) if inference is not None and \
@@ -332,13 +409,37 @@ def _fold(graph, m, freeze_step):
                         for i, t in enumerate(op.inputs) if t is weights)
         layer = FoldedLayer(tuple(main), weights.name, bias.name, reader,
                             f"{scope}/BiasAdd", readers)
-    return scope, [bias.name], created + dead, layer
+    parameters = [bias.name] + ([t.name for t in bn.side_inputs] if training else [])
+    return scope, parameters, created + dead, layer
+
+
+def _folded_bias(m, moving_mean, scale):
+    """F/bias = beta + (b - moving_mean) * F/scale (b = 0 without a bias op)."""
+    bn = m.bn
+    beta = bn.beta if bn.beta is not None else tf.zeros_like(scale)
+    b = m.bias if m.bias is not None else tf.zeros_like(beta)
+    if moving_mean is None:  # x * s + o
+        return tf.identity(beta + b * scale, name="bias")
+    return tf.identity(beta + (b - moving_mean) * scale, name="bias")
 
 
 def find_batch_norms(graph):
-    """Batch-norm ops of the graph (graph order) and their matched layers (None: unmatched)."""
-    return [(op, _match(op)) for op in graph.get_operations()
-            if op.type in registry.BATCH_NORM_OPS and op.type.startswith("FusedBatchNorm")]
+    """The batch norms of the graph (layers.BATCH_NORMS forms, graph order), each with its
+    matched layer (None: no compute layer in front). x * s + o with nothing to fold into is
+    not a batch norm and is left out."""
+    graph_view, context = pattern.LiveView(graph), _context(graph)
+    found = []
+    for op in graph.get_operations():
+        if op.type not in _LAST_OP_TYPES:
+            continue
+        matched = layers.match_batch_norm(graph_view, op.name, context, forms=_LIVE_FORMS)
+        bn = matched and _describe(graph, *matched)
+        if bn is None:
+            continue
+        layer = _layer_in_front(graph, bn)
+        if layer is not None or bn.form != "scale_offset":
+            found.append((bn, layer))
+    return found
 
 
 def fold_batch_norms(graph, freeze_step=-1, keep=()):
@@ -358,14 +459,16 @@ def fold_batch_norms(graph, freeze_step=-1, keep=()):
     result = FoldResult([], [], [])
     for bn, match in find_batch_norms(graph):
         if match is None:
-            log.warning("batch norm %s does not follow a conv / depthwise / MatMul layer; "
-                        "left unfolded", bn.name)
+            log.warning("batch norm %s does not follow a conv / depthwise / MatMul layer, so "
+                        "it has no weights to fold into; it stays a float op", bn.op.name)
             continue
-        if bn.name in keep or (match.bias_op is not None and match.bias_op.name in keep):
-            log.warning("batch norm %s is an output node; left unfolded", bn.name)
+        inside = [op.name for op in bn.chain] + \
+            ([match.bias_op.name] if match.bias_op is not None else [])
+        if keep & set(inside):
+            log.warning("batch norm %s is an output node; left unfolded", bn.op.name)
             continue
         scope, parameters, exclude, layer = _fold(graph, match, freeze_step)
-        result.folded.append((bn.name, scope))
+        result.folded.append((bn.op.name, scope))
         result.parameters += parameters
         result.exclude += exclude
         if layer is not None:

@@ -25,14 +25,13 @@ from decent_q.graph.utils import node_name
 
 log = logging.getLogger("decent_q")
 
-_CONCAT_OPS = frozenset({"Concat", "ConcatV2"})
+_CONCAT_OPS = frozenset(registry.CONCAT_AXIS_INPUT)
 _MAX_ROUNDS = 100
 
 
 def _data_indices(node, nm):
     """Indices of a Concat's data inputs (the axis input excluded)."""
-    count = len(nm.data_inputs(node))
-    return range(1, count) if node.op == "Concat" else range(count - 1)
+    return registry.data_inputs(node.op, range(len(nm.data_inputs(node))))
 
 
 def output_concats(model, output_nodes):
