@@ -21,26 +21,32 @@ _TABLES = ("ignore_nodes", "nodes_bit", "nodes_method")
 class NameTables:
     """Lookups in the config's per-node tables that remember which entries took effect."""
 
-    def __init__(self, config):
+    def __init__(self, config, aliases=None):
         self.config = config
+        self.aliases = aliases or {}  # node -> the names the user knows it by (QAT folds)
         self.used = collections.defaultdict(set)
-        self.weight_names = {}  # compute op -> the names its weight point answers to
+
+    def _entry(self, table, names):
+        """The first of `names` (each followed by its aliases) that `table` has, or None."""
+        entries = getattr(self.config, table)
+        for name in names:
+            for candidate in (name,) + tuple(self.aliases.get(name, ())):
+                if candidate in entries:
+                    self.used[table].add(candidate)
+                    return candidate
+        return None
 
     def ignored(self, name):
-        hit = name in self.config.ignore_nodes
-        if hit:
-            self.used["ignore_nodes"].add(name)
-        return hit
+        return self._entry("ignore_nodes", (name,)) is not None
 
-    def bits(self, name, default):
-        if name in self.config.nodes_bit:
-            self.used["nodes_bit"].add(name)
-        return self.config.bit_width(name, default)
+    def bits(self, names, default):
+        """The nodes_bit entry of the first of `names` (a name or a tuple) that has one."""
+        entry = self._entry("nodes_bit", (names,) if isinstance(names, str) else names)
+        return default if entry is None else self.config.nodes_bit[entry]
 
-    def method(self, name):
-        if name in self.config.nodes_method:
-            self.used["nodes_method"].add(name)
-        return self.config.method_for(name)
+    def method(self, names):
+        entry = self._entry("nodes_method", (names,) if isinstance(names, str) else names)
+        return self.config.method if entry is None else self.config.nodes_method[entry]
 
     def unused(self):
         """(table, name) of every entry no lookup matched, in the config's order."""

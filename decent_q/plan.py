@@ -95,15 +95,10 @@ def _weight_base(node_map, tensor):
     return tensor_name(tensor)
 
 
-def _first_named(table, names, default):
-    """The first of `names` that `table` (nodes_bit / nodes_method) has, else `default`."""
-    return next((n for n in names if n in table), default)
-
-
 class _Finder:
     """Walks the range in topological order and records points and layers."""
 
-    def __init__(self, graph_def, config, parameters, exclude, layers):
+    def __init__(self, graph_def, config, parameters, exclude, layers, aliases=None):
         self.nm = utils.NodeMap(graph_def)
         self.config = config
         utils.check_nodes_exist(self.nm, config.input_nodes, "input node")
@@ -119,7 +114,8 @@ class _Finder:
         self.view = pattern.GraphDefView(self.nm)
         self.context = pattern.Context(is_param=self.is_param,
                                        allowed=lambda name: name in self.range)
-        self.names = names_lib.NameTables(config)  # ignore_nodes, nodes_bit, nodes_method
+        # ignore_nodes, nodes_bit, nodes_method; aliases: the user's names of folded nodes
+        self.names = names_lib.NameTables(config, aliases)
         self.points: List[QuantPoint] = []
         self.layers: List[Layer] = []
         self.float_nodes: Dict[str, str] = {}
@@ -294,24 +290,19 @@ class _Finder:
         a ref variable w read through w/read gives w/read/wquant, a resource variable the name
         of its ReadVariableOp. (Frozen graphs have no reads left after clean-up.)"""
         cfg = self.config
-        names = (node_name(weight), node_name(_weight_base(self.nm, weight)))
-        key = _first_named(cfg.nodes_bit, names, conv.name)
-        method_key = _first_named(cfg.nodes_method, names, conv.name)
-        self.names.weight_names[conv.name] = names
+        names = (node_name(weight), node_name(_weight_base(self.nm, weight)), conv.name)
         consumers = declared.weights_consumers if declared is not None else \
             ((conv.name, registry.COMPUTE_OPS[conv.op].weight_index),)
         return self.add(weight, "weight", registry.COMPUTE_OPS[conv.op].mode,
-                        self.names.bits(key, cfg.weight_bit), self.names.method(method_key),
+                        self.names.bits(names, cfg.weight_bit), self.names.method(names),
                         consumers=consumers, name=point_name(weight, "wquant"))
 
     def bias_point(self, conv, found):
         cfg = self.config
         base = node_name(_weight_base(self.nm, found.bias))
         names = (node_name(found.bias), base)
-        return self.add(found.bias, "bias", Mode.WEIGHT,
-                        self.names.bits(_first_named(cfg.nodes_bit, names, base),
-                                        cfg.weight_bit),
-                        self.names.method(_first_named(cfg.nodes_method, names, base)),
+        return self.add(found.bias, "bias", Mode.WEIGHT, self.names.bits(names, cfg.weight_bit),
+                        self.names.method(names),
                         consumers=self.bias_consumers(conv, found.nodes, found.bias),
                         name=point_name(found.bias, "wquant"))
 
@@ -348,7 +339,7 @@ class _Finder:
                                  space_to_batch)
 
 
-def plan_quantization(graph_def, config, parameters=(), exclude=(), layers=None):
+def plan_quantization(graph_def, config, parameters=(), exclude=(), layers=None, aliases=None):
     """Finds the quantization points of `graph_def` between config's input and output nodes.
 
     Args:
@@ -359,6 +350,8 @@ def plan_quantization(graph_def, config, parameters=(), exclude=(), layers=None)
       exclude: nodes to leave out of the range (QAT's batch-statistics branch).
       layers: {conv name: FoldedLayer}: layers the QAT fold built, whose chains are declared
         rather than matched.
+      aliases: {node: names}: the user's names for nodes a QAT fold built (its conv, weights,
+        bias), so that ignore_nodes / nodes_bit / nodes_method entries naming them apply.
 
     Returns:
       A Plan; points in topological order.
@@ -367,7 +360,7 @@ def plan_quantization(graph_def, config, parameters=(), exclude=(), layers=None)
       QuantizeError: a named node is not in the graph, or no compute layer is found.
     """
     config.require_nodes()
-    finder = _Finder(graph_def, config, parameters, exclude, layers or {})
+    finder = _Finder(graph_def, config, parameters, exclude, layers or {}, aliases)
     plan = finder.run()
     names_lib.warn_unused(finder.names, plan, finder.nm)
     for name, reason in sorted(plan.float_nodes.items()):

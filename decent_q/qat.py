@@ -213,7 +213,7 @@ def _rewrite(graph, config, phase):
         live_simulate_dpu.simulate_dpu(graph, config, scope)
     plan = plan_lib.plan_quantization(graph.as_graph_def(), config,
                                       parameters=folded.parameters, exclude=folded.exclude,
-                                      layers=folded.layers)
+                                      layers=folded.layers, aliases=folded.aliases)
     if not plan.layers:
         raise QuantizeError("no conv / depthwise / MatMul layer found between input_nodes "
                             f"{config.input_nodes} and output_nodes {config.output_nodes}; "

@@ -102,6 +102,9 @@ class FoldResult:
     parameters: List[str]          # tensors computed from data the planner treats as parameters
     exclude: List[str]             # ops the planner leaves out of the quantized range
     layers: Dict[str, FoldedLayer] = dataclasses.field(default_factory=dict)  # by F/conv name
+    # F/conv, F/weights, F/bias -> the names of what they replace (the user's conv, its weight
+    # read and variable, its bias), for ignore_nodes / nodes_bit / nodes_method
+    aliases: Dict[str, Tuple[str, ...]] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass
@@ -423,6 +426,23 @@ def _folded_bias(m, moving_mean, scale):
     return tf.identity(beta + (b - moving_mean) * scale, name="bias")
 
 
+def _source_names(tensor):
+    """The node of `tensor` and, through variable reads, the variable's name."""
+    names, op = [tensor.op.name], tensor.op
+    while op.type in registry.READ_OPS and op.inputs:
+        op = op.inputs[0].op
+        names.append(op.name)
+    return tuple(names)
+
+
+def _aliases(scope, m):
+    weights = m.conv.inputs[registry.COMPUTE_OPS[m.conv.type].weight_index]
+    aliases = {f"{scope}/conv": (m.conv.name,), f"{scope}/weights": _source_names(weights)}
+    if m.bias is not None:
+        aliases[f"{scope}/bias"] = _source_names(m.bias)
+    return aliases
+
+
 def find_batch_norms(graph):
     """The batch norms of the graph (layers.BATCH_NORMS forms, graph order), each with its
     matched layer (None: no compute layer in front). x * s + o with nothing to fold into is
@@ -469,6 +489,7 @@ def fold_batch_norms(graph, freeze_step=-1, keep=()):
             continue
         scope, parameters, exclude, layer = _fold(graph, match, freeze_step)
         result.folded.append((bn.op.name, scope))
+        result.aliases.update(_aliases(scope, match))
         result.parameters += parameters
         result.exclude += exclude
         if layer is not None:
