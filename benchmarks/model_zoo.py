@@ -227,7 +227,8 @@ def ptq(spec, graph_def, input_node, logits, output_dir):
     seconds = time.time() - start
     eval_gd = utils.load_graph_def(paths["quantize_eval_model"])
     plan = plan_lib.plan_quantization(transforms.prepare_float_graph(graph_def, config), config)
-    # The eval model's value of the output node: the FixNeuron after it (SPEC 'Naming').
+    # The eval model's value of the output node: the FixNeuron after it
+    # (docs/placement.md "Output nodes and their aliases").
     alias = next((n.name for n in eval_gd.node if n.op == "FixNeuron" and
                   utils.node_name(n.input[0]) == logits), logits)
     x = {f"{input_node}:0": batch(spec, 1000)}

@@ -1,7 +1,7 @@
 """Eval model -> deploy model: the compiler's input, FixNeurons folded into attributes.
 
 ``deploy_graph_def`` reads an eval model (EVAL FixNeurons with their positions, as
-``quantize_eval_model.pb``) and writes the deploy model (SPEC.md "Files", ``deploy_model.pb``).
+``quantize_eval_model.pb``) and writes ``deploy_model.pb`` (docs/deploy-model.md "Node by node").
 The deploy model is a GraphDef in TensorFlow's extended format for the Vitis AI compiler; it
 does NOT run in TensorFlow (fused compute nodes carry their weights as attributes and have no
 weight input).

@@ -21,7 +21,8 @@ touches a value here:
 * Powers of two are built from their bit patterns (``pow`` is not exact everywhere, e.g.
   under XLA).
 
-Position search, as the kernel and SPEC: method 0 from the finite min and max
+Position search, as the kernel and docs/fixneuron.md "Position search" have it: method 0 from
+the finite min and max
 (``p = -ceil(log2(step))`` read from step's float64 exponent, exact); methods 1 and 2 try
 ``p0 .. p0+4`` (not beyond 127) with costs summed in float64 (squared error in units of the
 step, ``(Q - v)^2 * 4^-p``, as the kernel; the depthwise cost for method 2 on DW_WEIGHT), the

@@ -6,7 +6,7 @@ graph for post-training quantization, or the live graph of a QAT script) and ret
 known positions) and :func:`apply_to_graph` (a live ``tf.Graph``; CALIB / TRAIN / EVAL points
 with position histograms, see :func:`decent_q.ops.quantize`).
 
-A compute layer, found forwards from its compute op (SPEC.md "Where FixNeurons go")::
+A compute layer, found forwards from its compute op (docs/placement.md "Layer forms")::
 
     data --(aquant if not quantized yet)--+
     weights --wquant--> Conv2D | DepthwiseConv2dNative | Conv2DBackpropInput | MatMul
@@ -370,7 +370,7 @@ def plan_quantization(graph_def, config, parameters=(), exclude=(), layers=None,
 
 
 def output_aliases(plan, output_nodes):
-    """output node -> the FixNeuron that now carries its value (SPEC 'Naming')."""
+    """output node -> its FixNeuron (docs/placement.md "Output nodes and their aliases")."""
     aliases = {}
     for name in output_nodes:
         point = plan.point_of_tensor(name)

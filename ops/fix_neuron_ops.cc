@@ -1,4 +1,4 @@
-// FixNeuron: power-of-two fake quantization, as described in SPEC.md.
+// FixNeuron: power-of-two fake quantization, as described in docs/fixneuron.md.
 //
 //   step = 2^-p,  q = clamp(round(x * 2^p), lo, hi) * 2^-p
 //
@@ -166,7 +166,7 @@ void QuantizeBlock(const float* in, float* out, int64_t n, int pos, Range r, boo
 // TensorFlow runs kernels with denormals flushed to zero (FTZ/DAZ). That would break the
 // ends of the position range: 2^-127 (the scale of p = -127, the step of p = 127) is itself
 // a denormal, so p = -127 would turn every value into 0 (and Inf into NaN), and p = 127 every
-// output into 0. Blocks therefore run with denormals honoured, as the SPEC's exact
+// output into 0. Blocks therefore run with denormals honoured, as docs/fixneuron.md's exact
 // arithmetic (and the NumPy reference) assume; the thread's mode is restored afterwards.
 template <typename Fn>
 void ForEachBlock(OpKernelContext* ctx, int64_t n, int64_t cost_per_element, Fn fn) {
@@ -476,7 +476,7 @@ REGISTER_OP("FixNeuron")
     .Attr("arch_type: string = 'DEFAULT'")
     .SetShapeFn(shape_inference::UnchangedShape)
     .Doc(R"doc(
-Power-of-two fake quantization (see decent_q SPEC).
+Power-of-two fake quantization (see decent_q's docs/fixneuron.md).
 mode: 0 weight, 1 activation, 2 depthwise weight. phase: 0 calib, 1 eval, 2 train.
 )doc");
 

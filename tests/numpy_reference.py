@@ -1,4 +1,4 @@
-"""An independent NumPy model of FixNeuron, written from SPEC.md ("FixNeuron"), not from the kernel.
+"""An independent NumPy model of FixNeuron, written from docs/fixneuron.md, not from the kernel.
 
 The tests compare the kernel with it bit for bit. Everything here is computed exactly:
 

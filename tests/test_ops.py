@@ -1,4 +1,4 @@
-"""FixNeuron kernel and its wrapper (decent_q/ops.py) against the NumPy model of SPEC.md.
+"""FixNeuron kernel and its wrapper (decent_q/ops.py) against the NumPy model of docs/fixneuron.md.
 
 Every comparison is bit-exact: ``np.array_equal`` on outputs (NaN where the model has NaN),
 equality on positions. The model is ``tests/numpy_reference.py``.

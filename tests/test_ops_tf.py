@@ -1,10 +1,10 @@
 """ops_tf (FixNeuron from standard TensorFlow ops) against the C++ kernel, bit for bit.
 
 Every comparison is on bit patterns (``view(int32)``), so signs of zeros and denormals count;
-NaN must be NaN in both. The kernel is itself checked against the NumPy model of the SPEC in
-test_ops.py. Also here: the straight-through gradient, XLA (``jit_compile``), the histogram of
-``ops.quantize(impl="tf_ops")``, the choice of implementation, and PTQ / QAT end to end with
-the TF-op path forced.
+NaN must be NaN in both. The kernel is itself checked against the NumPy model of
+docs/fixneuron.md in test_ops.py. Also here: the straight-through gradient, XLA
+(``jit_compile``), the histogram of ``ops.quantize(impl="tf_ops")``, the choice of
+implementation, and PTQ / QAT end to end with the TF-op path forced.
 """
 
 import itertools

@@ -13,7 +13,8 @@ pw, pi, pb, po: positions of the weight, input, bias and output FixNeurons
 (:func:`decent_q.graph.quantized.find_layers`). A position moves the least that brings the
 shift into range; each move is logged on one line (logger ``decent_q``).
 
-All-zero tensors (SPEC "Known faults"): calibration gives an all-zero tensor position 127
+All-zero tensors (docs/passes.md "All-zero tensors in the shift passes"): calibration gives
+an all-zero tensor position 127
 (``ops.ZERO_POS``). The original computed with such positions in int32 and overflowed, printing
 absurd warnings. Here shifts are Python integers (no overflow), and a 127 is read as "any
 position represents this tensor exactly":

@@ -13,7 +13,7 @@ a constant commute with a positive per-channel scale. Relu6 does not (it clips a
 replace_relu6=1 it becomes Relu inside a chain (changing outputs only where they exceed 6);
 with replace_relu6=0 it ends the chain.
 
-Per channel c, SPEC's wording::
+Per channel c (docs/passes.md "Cross-layer equalization")::
 
     r1_c = max(max|W1[..., c]|, |b1_c|)     head range (output channel c; bias included)
     r2_c = max|W2[..., c, :]|               tail range (input channel c)
@@ -139,7 +139,7 @@ def _scale_tail_inverse(w, s):
 
 
 def equalize_scales(r1, r2):
-    """The per-channel s of SPEC (see the module docstring)."""
+    """The per-channel s of docs/passes.md "Cross-layer equalization" (module docstring)."""
     with np.errstate(divide="ignore", invalid="ignore"):
         s = np.sqrt(r2 / r1)
     s = np.where(np.isfinite(s), s, 1.0)

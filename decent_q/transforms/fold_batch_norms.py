@@ -173,7 +173,8 @@ def fold_batch_norms(graph_def, keep=()):
         replaced[last.name] = utils.make_node("BiasAdd", last.name, [cur.name, bias_name],
                                               T=tf.float32)
         dropped.update(removed)
-    # Batch norms with no compute op before them become x * scale + offset (SPEC).
+    # Batch norms with no compute op before them become x * scale + offset
+    # (docs/batch-norm-folding.md "Batch norms without a compute op").
     for node in graph_def.node:
         if node.op in registry.BATCH_NORM_OPS and node.name not in replaced:
             params = batch_norm_params(node, nm)
