@@ -66,6 +66,21 @@ class NodeMap:
     def input_node(self, node, index):
         return self.producer(self.data_inputs(node)[index])
 
+    def ancestors(self, names, stop=(), data_only=False):
+        """`names` and every node they are computed from (control inputs too unless
+        `data_only`), not walking past the nodes in `stop` (which are included)."""
+        seen, stack = set(), [n for n in names if n in self.nodes]
+        while stack:
+            name = stack.pop()
+            if name in seen:
+                continue
+            seen.add(name)
+            if name in stop:
+                continue
+            stack.extend(node_name(i) for i in self.nodes[name].input
+                         if node_name(i) in self.nodes and not (data_only and is_control(i)))
+        return seen
+
     def node_consumers(self, name):
         """All data consumers of any output of node `name`, in graph order, without repeats."""
         return list(self._users.get(name, {}).values())
@@ -112,17 +127,7 @@ def topological_order(graph_def):
 def range_nodes(node_map, input_nodes, output_nodes):
     """Names of the nodes between input_nodes and output_nodes (both included): ancestors of an
     output that are reached from an input without passing through another input."""
-    inputs = set(input_nodes)
-    ancestors = set()
-    stack = list(output_nodes)
-    while stack:
-        name = stack.pop()
-        if name in ancestors or name not in node_map:
-            continue
-        ancestors.add(name)
-        if name in inputs:
-            continue
-        stack.extend(node_name(i) for i in node_map[name].input if not is_control(i))
+    ancestors = node_map.ancestors(output_nodes, stop=set(input_nodes), data_only=True)
     forward = set()
     stack = [n for n in input_nodes if n in ancestors]
     while stack:

@@ -87,18 +87,8 @@ def quantize_scope(graph_def, config):
     nm = utils.NodeMap(graph_def)
     in_range = utils.range_nodes(nm, config.input_nodes, config.output_nodes)
 
-    def ancestors(names, stop=()):
-        seen, stack = set(), list(names)
-        while stack:
-            name = stack.pop()
-            if name in seen or name not in nm or name in stop:
-                continue
-            seen.add(name)
-            stack.extend(utils.node_name(i) for i in nm[name].input)
-        return seen
-
-    before_inputs = ancestors(config.input_nodes)
-    return in_range | (ancestors(in_range, stop=set(config.input_nodes)) - before_inputs)
+    before_inputs = nm.ancestors(config.input_nodes)
+    return in_range | (nm.ancestors(in_range, stop=set(config.input_nodes)) - before_inputs)
 
 
 def restore_outside(original, prepared, config):

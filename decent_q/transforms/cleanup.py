@@ -128,14 +128,7 @@ def sinks(graph_def, exclude=()):
 
 def remove_dead(graph_def, keep):
     """Keeps only `keep` nodes and their ancestors."""
-    nm = utils.NodeMap(graph_def)
-    alive, stack = set(), [k for k in keep if k in nm]
-    while stack:
-        name = stack.pop()
-        if name in alive:
-            continue
-        alive.add(name)
-        stack.extend(node_name(i) for i in nm[name].input if node_name(i) in nm)
+    alive = utils.NodeMap(graph_def).ancestors(keep)
     return utils.with_nodes(graph_def, [n for n in graph_def.node if n.name in alive])
 
 
