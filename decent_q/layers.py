@@ -19,7 +19,10 @@ functions are declared below the layers.
 
 import collections
 import dataclasses
+import math
 from typing import Optional, Tuple
+
+import tensorflow as tf
 
 from decent_q import registry
 from decent_q.graph import pattern as pt
@@ -180,14 +183,18 @@ def match_activation(graph, tensor, context=None):
     return best
 
 
-# -- scaling per output channel --------------------------------------------------------------------
+# -- scaling per channel ---------------------------------------------------------------------------
+
+def _out_axis(op, transpose_b):
+    return 0 if (op == "MatMul" and transpose_b) else registry.COMPUTE_OPS[op].out_axis
+
 
 def channel_shape(op, weights_shape, transpose_b=False):
     """The shape a per-output-channel vector takes to multiply the weights of compute op `op`
     (registry.COMPUTE_OPS out axes; a depthwise channel is in * multiplier on axes 2, 3)."""
     if op == "DepthwiseConv2dNative":
         return [int(weights_shape[2]), int(weights_shape[3])]
-    axis = 0 if (op == "MatMul" and transpose_b) else registry.COMPUTE_OPS[op].out_axis
+    axis = _out_axis(op, transpose_b)
     shape = [1] * len(weights_shape)
     shape[axis] = -1
     return shape[axis:]
@@ -197,8 +204,16 @@ def out_channels(op, weights_shape, transpose_b=False):
     """The number of output channels of compute op `op` with weights of `weights_shape`."""
     if op == "DepthwiseConv2dNative":
         return int(weights_shape[2]) * int(weights_shape[3])
-    axis = 0 if (op == "MatMul" and transpose_b) else registry.COMPUTE_OPS[op].out_axis
-    return int(weights_shape[axis])
+    return int(weights_shape[_out_axis(op, transpose_b)])
+
+
+def in_channel_shape(op, weights_shape, transpose_b=False):
+    """The shape a per-input-channel vector takes to multiply the weights of compute op `op`
+    (registry.COMPUTE_OPS in axes; a depthwise input channel i is W[:, :, i, :])."""
+    axis = 1 if (op == "MatMul" and transpose_b) else registry.COMPUTE_OPS[op].in_axis
+    shape = [1] * len(weights_shape)
+    shape[axis] = -1
+    return shape[axis:]
 
 
 # -- batch norms ------------------------------------------------------------------------------------
@@ -231,12 +246,16 @@ def _inverse_std(gamma):
 
 def _nn_batch_normalization(gamma, beta):
     """tf.nn.batch_normalization's ops (Keras and slim unfused batch norms, live graphs):
-    x * inv + (beta - mean * inv), inv = rsqrt(variance + eps) [* gamma]."""
+    x * inv + (beta - mean * inv), or x * inv + (-mean) * inv without beta,
+    inv = rsqrt(variance + eps) [* gamma]."""
     inv = pt.Bind("inv", _inverse_std(gamma))
-    mean_inv = pt.Op("Mul", [pt.Tensor("mean"), pt.Ref("inv")], name="mean_inv",
-                     commutative=True)
-    offset = pt.Op("Sub", [pt.Tensor("beta"), mean_inv], name="offset") if beta else \
-        pt.Op("Neg", [mean_inv], name="offset")
+    if beta:
+        mean_inv = pt.Op("Mul", [pt.Tensor("mean"), pt.Ref("inv")], name="mean_inv",
+                         commutative=True)
+        offset = pt.Op("Sub", [pt.Tensor("beta"), mean_inv], name="offset")
+    else:
+        offset = pt.Op("Mul", [pt.Op("Neg", [pt.Tensor("mean")], name="neg_mean"),
+                               pt.Ref("inv")], name="offset", commutative=True)
     return pt.Op(("Add", "AddV2"), [pt.Op("Mul", [pt.Tensor("x"), inv], name="mul",
                                           commutative=True), offset],
                  name="batch_norm", commutative=True)
@@ -258,11 +277,70 @@ def match_batch_norm(graph, op_name, context=None, forms=None):
     """(form name, pattern.Match) of the batch norm whose last op is `op_name`, or None.
 
     `forms`: the names of the forms to try (default all, in BATCH_NORMS order)."""
+    return _match_form(BATCH_NORMS, graph, op_name, context, forms)
+
+
+def _match_form(declared, graph, op_name, context, forms):
+    """(form name, first pattern.Match) of the first of the `declared` forms (named `forms`,
+    default all) that matches at `op_name`, or None."""
     graph_view = pt.view(graph)
-    for form in BATCH_NORMS:
+    for form in declared:
         if forms is not None and form.name not in forms:
             continue
         found = pt.match(form.pattern, op_name, graph_view, context)
         if found is not None:
             return form.name, found
     return None
+
+
+# -- DPU functions ----------------------------------------------------------------------------------
+# The hard sigmoid relu6(x + 3) / 6, which the DPU computes as relu6(x + 3) * 2731 / 16384 (see
+# decent_q.transforms.simulate_dpu). Its constants are part of each form: a Const op holding one
+# value within 1e-6 (relative) of 3, 1/6 or 6. Captures "op" (the Mul by 1/6 or the RealDiv by 6,
+# the form's last op), "scale" (its Const op), "relu6", "add", "three" (the Const 3) and "x";
+# the gated forms also "gate" (the Mul by "y"). A hard swish is the gated form with y = x; the
+# DPU scales the 1/6 the same whatever y is, so y is left free (keras' hard_sigmoid, slope 0.2,
+# is another function and not declared).
+
+def _scalar(value, name):
+    """A Const op holding one element close to `value`."""
+    def where(graph_view, op_name):
+        attr = graph_view.attr(op_name, "value")
+        array = None if attr is None else tf.make_ndarray(attr.tensor)
+        return array is not None and array.size == 1 and \
+            math.isclose(float(array.reshape(-1)[0]), value, rel_tol=1e-6)
+    return pt.Op("Const", name=name, where=where)
+
+
+def _relu6_plus_3():
+    add = pt.Op(("Add", "AddV2"), [pt.Tensor("x"), _scalar(3.0, "three")], name="add",
+                commutative=True)
+    return pt.Op("Relu6", [add], name="relu6")
+
+
+def _times_sixth(inner):
+    return pt.Op("Mul", [inner, _scalar(1.0 / 6.0, "scale")], name="op", commutative=True)
+
+
+def _over_six(inner):
+    return pt.Op("RealDiv", [inner, _scalar(6.0, "scale")], name="op")
+
+
+def _gated(inner):
+    return pt.Op("Mul", [pt.Tensor("y"), inner], name="gate", commutative=True)
+
+
+HardSigmoidForm = collections.namedtuple("HardSigmoidForm", "name pattern")
+
+HARD_SIGMOIDS = (
+    HardSigmoidForm("mul", _times_sixth(_relu6_plus_3())),              # Relu6(x + 3) * (1/6)
+    HardSigmoidForm("div", _over_six(_relu6_plus_3())),                 # Relu6(x + 3) / 6
+    HardSigmoidForm("gated_mul", _times_sixth(_gated(_relu6_plus_3()))),  # y * Relu6(x+3) * (1/6)
+    HardSigmoidForm("gated_div", _over_six(_gated(_relu6_plus_3()))),     # y * Relu6(x+3) / 6
+)
+
+
+def match_hard_sigmoid(graph, op_name, context=None, forms=None):
+    """(form name, pattern.Match) of the hard sigmoid whose last op ("op") is `op_name`, or
+    None. `forms`: the names of the forms to try (default all, in HARD_SIGMOIDS order)."""
+    return _match_form(HARD_SIGMOIDS, graph, op_name, context, forms)

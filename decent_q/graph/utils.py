@@ -85,6 +85,16 @@ class NodeMap:
         """All data consumers of any output of node `name`, in graph order, without repeats."""
         return list(self._users.get(name, {}).values())
 
+    def users(self, name):
+        """Names of the nodes that read node `name`, as data or control."""
+        return set(self._users.get(name, {})) | \
+            {n.name for n in self.control_consumers.get(name, ())}
+
+    def const(self, inp):
+        """The Const node producing input or tensor `inp`, or None."""
+        node = self.producer(inp)
+        return node if node is not None and node.op == "Const" else None
+
 
 def check_nodes_exist(node_map, names, what):
     """Raises QuantizeError naming the first missing node and the closest existing names."""

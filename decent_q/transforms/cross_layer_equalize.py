@@ -32,27 +32,31 @@ import logging
 
 import numpy as np
 
+from decent_q import layers
+from decent_q import registry
+from decent_q.graph import pattern as pt
 from decent_q.graph import utils
 from decent_q.graph.utils import node_name
 
 log = logging.getLogger("decent_q")
 
-_CONV_OPS = frozenset({"Conv2D", "DepthwiseConv2dNative"})
-_BIAS_OPS = frozenset({"BiasAdd", "Add", "AddV2"})
+# Heads and tails: the compute ops whose weights are [kh, kw, in, out | multiplier] (input
+# channels on axis 2): Conv2D and DepthwiseConv2dNative.
+_EQUALIZED_OPS = frozenset(op for op, spec in registry.COMPUTE_OPS.items() if spec.in_axis == 2)
 _LINK_OPS = frozenset({"Relu", "Relu6", "AvgPool", "MaxPool", "Mul", "Pad"})
 ROUNDS = 10
 S_MIN, S_MAX = 0.01, 100.0
 SMALL_RANGE = 0.5
 
+# A head or tail: a compute op (layers.compute) with unshared Const weights, and a head's
+# optional bias op with an unshared Const (layers.bias).
+_CONV = layers.compute(pt.Tensor("input"))
+_BIASED_CONV = layers.bias(_CONV)
+
 
 class _Pair:
     def __init__(self, head, bias, links, tail):
         self.head, self.bias, self.links, self.tail = head, bias, links, tail
-
-
-def _const(nm, inp):
-    node = nm.producer(inp)
-    return node if node is not None and node.op == "Const" else None
 
 
 def _single(nm, name):
@@ -62,43 +66,50 @@ def _single(nm, name):
     return users[0]
 
 
+def _context(nm):
+    """Parameters: Consts that only one node reads (scaling them changes no other node)."""
+    return pt.Context(is_param=lambda tensor: nm.const(tensor) is not None and
+                      len(nm.users(node_name(tensor))) == 1)
+
+
+def _conv(nm, graph_view, context, name):
+    """The match of an equalized compute op `name` (NHWC, unshared Const weights), or None."""
+    found = pt.match(_CONV, name, graph_view, context)
+    return found if found is not None and nm[name].op in _EQUALIZED_OPS and \
+        _nhwc(nm[name]) else None
+
+
+def _head_end(nm, graph_view, context, head):
+    """(bias op or None, the head's last op) of `head`: its bias op if it has a 1-D one."""
+    nxt = _single(nm, head.name)
+    if nxt is None:
+        return None, head
+    found = pt.match(_BIASED_CONV, nxt.name, graph_view, context)
+    if found is None or found["compute"] != head.name or \
+            utils.const_value(nm.producer(found["bias"])).ndim != 1:
+        return None, head
+    return nxt, nxt
+
+
 def find_pairs(graph_def, replace_relu6=True):
     """Head/tail pairs (see the module docstring), in graph order."""
     nm = utils.NodeMap(graph_def)
-    users = {}
-    for node in graph_def.node:
-        for inp in node.input:
-            users.setdefault(node_name(inp), set()).add(node.name)
+    graph_view, context = pt.GraphDefView(nm), _context(nm)
     pairs = []
     for head in graph_def.node:
-        if head.op not in _CONV_OPS or not _weights_ok(nm, head, users):
+        if _conv(nm, graph_view, context, head.name) is None:
             continue
-        cur, bias = head, None
-        nxt = _single(nm, cur.name)
-        if nxt is not None and nxt.op in _BIAS_OPS and len(nm.data_inputs(nxt)) == 2:
-            other = [i for i in nm.data_inputs(nxt) if node_name(i) != cur.name]
-            const = _const(nm, other[0]) if len(other) == 1 else None
-            if const is not None and utils.const_value(const).ndim == 1 and \
-                    len(users.get(const.name, ())) == 1:
-                bias, cur, nxt = nxt, nxt, _single(nm, nxt.name)
+        bias, cur = _head_end(nm, graph_view, context, head)
         links = []
+        nxt = _single(nm, cur.name)
         while nxt is not None and nxt.op in _LINK_OPS and _link_ok(nm, nxt, cur, replace_relu6):
             links.append(nxt)
             cur, nxt = nxt, _single(nm, nxt.name)
-        if nxt is None or nxt.op not in _CONV_OPS or not nm.data_inputs(nxt) or \
-                node_name(nm.data_inputs(nxt)[0]) != cur.name or \
-                not _weights_ok(nm, nxt, users):
+        tail = None if nxt is None else _conv(nm, graph_view, context, nxt.name)
+        if tail is None or node_name(tail["input"]) != cur.name:
             continue
         pairs.append(_Pair(head, bias, links, nxt))
     return pairs
-
-
-def _weights_ok(nm, conv, users):
-    ins = nm.data_inputs(conv)
-    if len(ins) != 2 or not _nhwc(conv):
-        return False
-    const = _const(nm, ins[1])
-    return const is not None and len(users.get(const.name, ())) == 1
 
 
 def _nhwc(node):
@@ -110,7 +121,7 @@ def _link_ok(nm, node, prev, replace_relu6):
         return replace_relu6
     if node.op == "Mul":
         others = [i for i in nm.data_inputs(node) if node_name(i) != prev.name]
-        return len(others) == 1 and _const(nm, others[0]) is not None
+        return len(others) == 1 and nm.const(others[0]) is not None
     if node.op == "Pad":  # zero padding of the data input
         return node_name(nm.data_inputs(node)[0]) == prev.name
     return node.op == "Relu" or _nhwc(node)
@@ -124,18 +135,17 @@ def _head_ranges(op, w):
 
 
 def _scale_head(op, w, s):
-    if op == "DepthwiseConv2dNative":
-        return w * s.reshape(w.shape[2], w.shape[3])
-    return w * s
+    return w * s.reshape(layers.channel_shape(op, w.shape))
 
 
 def _tail_ranges(op, w):
     """Per input channel max |w| of a tail's weights."""
-    return np.abs(w).max(axis=(0, 1, 3))
+    axis = registry.COMPUTE_OPS[op].in_axis
+    return np.abs(w).max(axis=tuple(a for a in range(w.ndim) if a != axis))
 
 
-def _scale_tail_inverse(w, s):
-    return w / s.reshape(1, 1, -1, 1)
+def _scale_tail_inverse(op, w, s):
+    return w / s.reshape(layers.in_channel_shape(op, w.shape))
 
 
 def equalize_scales(r1, r2):
@@ -188,7 +198,7 @@ def cross_layer_equalize(graph_def, config=None):
             values[w1] = _scale_head(pair.head.op, values[w1], s)
             if b is not None:
                 values[b] = values[b] * s
-            values[w2] = _scale_tail_inverse(values[w2], s)
+            values[w2] = _scale_tail_inverse(pair.tail.op, values[w2], s)
     relu6 = {n.name for p in pairs for n in p.links if n.op == "Relu6"}
     out = utils.with_nodes(graph_def)
     for node in graph_def.node:

@@ -1,91 +1,233 @@
 """Folds inference batch norms into the preceding compute layer of a frozen GraphDef.
 
-Matched (constants only; run after constant folding)::
+Matched (constants only; run after constant folding), with the forms of :mod:`decent_q.layers`::
 
     x -> [SpaceToBatchND] -> conv(x, W) -> [BatchToSpaceND] -> [BiasAdd(b)] -> BN -> ...
-    conv = Conv2D | DepthwiseConv2dNative | Conv2DBackpropInput | MatMul
+    conv = Conv2D | DepthwiseConv2dNative | Conv2DBackpropInput | MatMul   (layers.BIASED)
     BN   = FusedBatchNorm{,V2,V3} (is_training=False) | BatchNormWithGlobalNormalization
          | Add(Mul(y, scale), offset)   (the unfused form, after constant folding)
+
+W, b, scale and offset are Consts (b 1-D); every op from the conv to the batch norm is read
+only by the next one (the atrous SpaceToBatchND in front may have other readers).
 
 Math, per output channel c::
 
     scale_c  = gamma_c / sqrt(var_c + eps)
     offset_c = beta_c - mean_c * scale_c
-    W'[..., c] = W[..., c] * scale_c          (channel axis from registry.COMPUTE_OPS)
+    W'[..., c] = W[..., c] * scale_c          (channel axes: layers.channel_shape)
     b'_c       = b_c * scale_c + offset_c      (b = 0 where there was no bias)
 
 The weight Const is replaced by the folded one (copied first if another node shares it); the
 batch norm becomes ``BiasAdd(y, b')`` under the batch norm's own name, so its consumers and the
-user's output names stay valid.
+user's output names stay valid. A fused or global-normalization batch norm with no such layer
+before it becomes ``BiasAdd(Mul(x, scale), offset)``
+(docs/batch-norm-folding.md "Batch norms without a compute op").
 """
+
+import dataclasses
+from typing import Optional, Tuple
 
 import numpy as np
 import tensorflow as tf
 
+from decent_q import layers
 from decent_q import registry
+from decent_q.graph import pattern as pt
 from decent_q.graph import utils
-from decent_q.graph.utils import node_name, tensor_name
 from decent_q.transforms import cleanup
 
+# The batch-norm forms folded after a layer, and those folded on their own.
+LAYER_FORMS = ("fused", "global_normalization", "scale_offset")
+STANDALONE_FORMS = ("fused", "global_normalization")
 
-def batch_norm_params(node, nm):
-    """(scale, offset) of an inference batch-norm node, or None if not constant/inference."""
-    def value(i):
-        producer = nm.producer(nm.data_inputs(node)[i])
-        return None if producer is None or producer.op != "Const" else \
-            utils.const_value(producer).astype(np.float64)
+
+@dataclasses.dataclass(frozen=True)
+class _Fold:
+    """A batch norm matched after a compute layer, with its (scale, offset) per channel."""
+    conv: object                 # the compute op's NodeDef
+    weight: object               # its weight Const
+    weights: np.ndarray          # the weight Const's value
+    output: str                  # the op the folded BiasAdd reads: conv or its BatchToSpaceND
+    bias: Optional[np.ndarray]   # the layer's bias (float64), or None
+    last: str                    # the batch norm's last op, replaced by BiasAdd(output, b')
+    removed: Tuple[str, ...]     # ops dropped: the layer's bias op, the unfused form's Mul
+    scale: np.ndarray
+    offset: np.ndarray
+
+
+class _Edits:
+    """What the folds change: new Const values, replaced nodes, nodes added before a node."""
+
+    def __init__(self):
+        self.new_consts = {}   # const name -> new value
+        self.replaced = {}     # node name -> replacement NodeDef
+        self.dropped = set()
+        self.extra = []        # (node name, new node put before it)
+
+
+def _context(nm):
+    """Parameters are Consts; any tensor may be a compute op's data."""
+    return pt.Context(is_param=lambda tensor: nm.const(tensor) is not None,
+                      is_data=lambda tensor: True)
+
+
+def _value(nm, tensor):
+    """The float64 value of the Const producing `tensor`, or None."""
+    const = nm.const(tensor)
+    return None if const is None else utils.const_value(const).astype(np.float64)
+
+
+def batch_norm_params(nm, form, found):
+    """(scale, offset) of a batch norm matched in `form` (fused or global_normalization; see
+    layers.BATCH_NORMS), or None if not constant / not inference."""
+    node = nm[found["batch_norm"]]
 
     # Read attrs with their op defaults: a GraphDef may omit default-valued attrs, and
     # node.attr[key] on a missing key would insert an empty value into the caller's graph.
     def attr(key, kind, default):
         return getattr(node.attr[key], kind) if key in node.attr else default
 
-    if node.op.startswith("FusedBatchNorm"):
+    if form == "fused":
         if attr("is_training", "b", True):  # the op's default is training mode
             return None
         if attr("data_format", "s", b"NHWC") not in (b"", b"NHWC"):
             return None
-        gamma, beta, mean, var = (value(i) for i in range(1, 5))
         eps = attr("epsilon", "f", 0.0001)
-    elif node.op == "BatchNormWithGlobalNormalization":
-        mean, var, beta, gamma = (value(i) for i in range(1, 5))
-        eps = attr("variance_epsilon", "f", 0.0)
-        if gamma is not None and not attr("scale_after_normalization", "b", False):
-            gamma = np.ones_like(gamma)
     else:
-        return None
+        eps = attr("variance_epsilon", "f", 0.0)
+    gamma, beta, mean, var = (_value(nm, found[k]) for k in ("gamma", "beta", "mean", "variance"))
+    if form == "global_normalization" and gamma is not None and \
+            not attr("scale_after_normalization", "b", False):
+        gamma = np.ones_like(gamma)
     if any(v is None or v.size == 0 for v in (gamma, beta, mean, var)):
         return None
+    if any(nm.consumers.get(f"{node.name}:{k}") for k in range(1, 6)):
+        return None  # batch statistics are used elsewhere
     scale = gamma / np.sqrt(var + eps)
     return scale, beta - mean * scale
 
 
-def _const_input(nm, node, tensor):
-    """The Const value of `node`'s other input than `tensor`, or None."""
-    others = [i for i in nm.data_inputs(node) if tensor_name(i) != tensor_name(tensor)]
-    if len(others) != 1:
+def _scale_offset_params(nm, found):
+    """(scale, offset) of x * scale + offset with at most 1-D constants, or None."""
+    mul, off = _value(nm, found["scale"]), _value(nm, found["offset"])
+    if mul.ndim > 1 or off.ndim > 1:
         return None
-    producer = nm.producer(others[0])
-    return None if producer is None or producer.op != "Const" else \
-        (producer.name, utils.const_value(producer).astype(np.float64))
+    channels = np.broadcast(mul, off).shape
+    scale = np.broadcast_to(mul, channels or (1,)).astype(np.float64)
+    return scale, np.broadcast_to(off, scale.shape).astype(np.float64)
 
 
-def _single_consumer(nm, name):
-    users = nm.node_consumers(name)
-    return users[0] if len(users) == 1 else None
+def _closed(graph_view, layer, bn, form):
+    """Every op from the conv to the batch norm is read only by the next one."""
+    reader = bn["mul"] if form == "scale_offset" else bn["batch_norm"]
+    return layer.closed(graph_view, set(layer.ops) - {layer.get("space_to_batch")}) and \
+        bn.closed(graph_view) and graph_view.consumers(bn["x"]) == [reader]
+
+
+def _transpose_b(conv):
+    return conv.op == "MatMul" and "transpose_b" in conv.attr and conv.attr["transpose_b"].b
+
+
+def _match_fold(nm, graph_view, context, name, keep):
+    """The _Fold of the batch norm ending at op `name`, or None."""
+    found = layers.match_batch_norm(graph_view, name, context, LAYER_FORMS)
+    if found is None:
+        return None
+    form, bn = found
+    layer = pt.match(layers.BIASED, bn["x"], graph_view, context)
+    if layer is None or not _closed(graph_view, layer, bn, form):
+        return None
+    bias = None if layer.get("bias") is None else _value(nm, layer["bias"])
+    if bias is not None and bias.ndim != 1:
+        return None
+    removed = ((bn["mul"],) if form == "scale_offset" else ()) + \
+        ((layer["bias_op"],) if bias is not None else ())
+    params = _scale_offset_params(nm, bn) if form == "scale_offset" else \
+        batch_norm_params(nm, form, bn)
+    if params is None or any(n in keep for n in removed):
+        return None
+    conv, weight = nm[layer["compute"]], nm.producer(layer["weight"])
+    weights = utils.const_value(weight)
+    n_out = layers.out_channels(conv.op, weights.shape, _transpose_b(conv))
+    scale, offset = params
+    if scale.size == 1:
+        scale, offset = np.full(n_out, scale.item()), np.full(n_out, offset.item())
+    if scale.size != n_out:
+        return None
+    return _Fold(conv, weight, weights, layer.get("batch_to_space") or layer["compute"], bias,
+                 bn["batch_norm"], removed, scale, offset)
 
 
 def scale_weights(weights, scale, op, transpose_b=False):
-    """Multiplies `weights` by a per-output-channel `scale` (see module docstring)."""
-    spec = registry.COMPUTE_OPS[op]
+    """Multiplies `weights` by a per-output-channel `scale`, in float64 (module docstring)."""
     w = weights.astype(np.float64)
-    if op == "DepthwiseConv2dNative":
-        kh, kw, cin, mult = w.shape
-        return (w * scale.reshape(cin, mult)).astype(weights.dtype)
-    axis = 0 if (op == "MatMul" and transpose_b) else spec.out_axis
-    shape = [1] * w.ndim
-    shape[axis] = -1
-    return (w * scale.reshape(shape)).astype(weights.dtype)
+    return (w * scale.reshape(layers.channel_shape(op, w.shape, transpose_b))) \
+        .astype(weights.dtype)
+
+
+def _apply_fold(edits, nm, fold):
+    conv, weight = fold.conv, fold.weight
+    folded = scale_weights(fold.weights, fold.scale, conv.op, _transpose_b(conv))
+    if len(nm.users(weight.name)) > 1:  # shared: give this conv its own copy
+        weight_name = f"{conv.name}/folded_weights"
+        new = tf.compat.v1.NodeDef()
+        new.CopyFrom(conv)
+        new.input[registry.COMPUTE_OPS[conv.op].weight_index] = weight_name
+        edits.replaced[conv.name] = new
+        edits.extra.append((weight.name, utils.const_node(weight_name, folded)))
+    else:
+        edits.new_consts[weight.name] = folded
+    bias = np.zeros(fold.scale.size) if fold.bias is None else fold.bias
+    b = bias * fold.scale + fold.offset
+    bias_name = f"{fold.last}/bias"
+    edits.extra.append((fold.last, utils.const_node(bias_name, b.astype(np.float32))))
+    edits.replaced[fold.last] = utils.make_node("BiasAdd", fold.last, [fold.output, bias_name],
+                                                T=tf.float32)
+    edits.dropped.update(fold.removed)
+
+
+def _fold_standalone(edits, nm, graph_view, context):
+    """Batch norms with no compute layer before them become x * scale + offset
+    (docs/batch-norm-folding.md "Batch norms without a compute op")."""
+    for node in nm.graph_def.node:
+        if node.name in edits.replaced:
+            continue
+        found = layers.match_batch_norm(graph_view, node.name, context, STANDALONE_FORMS)
+        params = None if found is None else batch_norm_params(nm, *found)
+        if params is None:
+            continue
+        scale, offset = params
+        x = nm.data_inputs(node)[0]  # as the GraphDef spells it
+        edits.extra.append((node.name, utils.const_node(f"{node.name}/scale",
+                                                        scale.astype(np.float32))))
+        edits.extra.append((node.name, utils.const_node(f"{node.name}/offset",
+                                                        offset.astype(np.float32))))
+        edits.extra.append((node.name, utils.make_node("Mul", f"{node.name}/mul",
+                                                       [x, f"{node.name}/scale"], T=tf.float32)))
+        edits.replaced[node.name] = utils.make_node(
+            "BiasAdd", node.name, [f"{node.name}/mul", f"{node.name}/offset"], T=tf.float32)
+
+
+def _assemble(graph_def, edits):
+    """`graph_def` with `edits` applied: a weight copy goes before the shared weight, new nodes
+    before the node they replace."""
+    nodes = []
+    for node in graph_def.node:
+        if node.name in edits.dropped:
+            continue
+        for before, const in edits.extra:
+            if before == node.name and const.name.endswith("/folded_weights"):
+                nodes.append(const)
+        if node.name in edits.new_consts:
+            nodes.append(utils.const_node(node.name, edits.new_consts[node.name]))
+        elif node.name in edits.replaced:
+            for before, const in edits.extra:
+                if before == node.name and not const.name.endswith("/folded_weights"):
+                    nodes.append(const)
+            nodes.append(edits.replaced[node.name])
+        else:
+            nodes.append(node)
+    return utils.with_nodes(graph_def, nodes)
 
 
 def fold_batch_norms(graph_def, keep=()):
@@ -94,119 +236,14 @@ def fold_batch_norms(graph_def, keep=()):
     Run it after :func:`decent_q.transforms.cleanup.fold_constants`.
     """
     nm = utils.NodeMap(graph_def)
-    new_consts = {}   # const name -> new value
-    replaced = {}     # node name -> replacement NodeDef
-    dropped = set()
-    extra = []
-    weight_users = {}
-    for node in graph_def.node:
-        for inp in node.input:
-            weight_users.setdefault(node_name(inp), set()).add(node.name)
-    for conv in graph_def.node:
-        if conv.op not in registry.COMPUTE_OPS:
-            continue
-        spec = registry.COMPUTE_OPS[conv.op]
-        weight_node = nm.producer(nm.data_inputs(conv)[spec.weight_index])
-        if weight_node is None or weight_node.op != "Const":
-            continue
-        cur = conv
-        after = _single_consumer(nm, cur.name)
-        if after is not None and after.op == "BatchToSpaceND":
-            cur = after
-        bias_node, bias = None, None
-        nxt = _single_consumer(nm, cur.name)
-        if nxt is not None and nxt.op in registry.BIAS_OPS:
-            found = _const_input(nm, nxt, cur.name)
-            if found is not None and found[1].ndim == 1:
-                bias_node, bias = nxt, found[1]
-                nxt = _single_consumer(nm, nxt.name)
-        if nxt is None:
-            continue
-        pre = bias_node or cur
-        params = None
-        bn_nodes = []
-        if nxt.op in registry.BATCH_NORM_OPS and \
-                tensor_name(nm.data_inputs(nxt)[0]) == tensor_name(pre.name):
-            params = batch_norm_params(nxt, nm)
-            if params is not None and any(nm.consumers.get(f"{nxt.name}:{k}")
-                                          for k in range(1, 6)):
-                params = None  # batch statistics are used elsewhere
-            bn_nodes = [nxt]
-        elif nxt.op == "Mul":
-            mul = _const_input(nm, nxt, pre.name)
-            add = _single_consumer(nm, nxt.name)
-            off = add is not None and add.op in ("Add", "AddV2") and \
-                _const_input(nm, add, nxt.name)
-            if mul is not None and off and mul[1].ndim <= 1 and off[1].ndim <= 1:
-                channels = np.broadcast(mul[1], off[1]).shape
-                scale = np.broadcast_to(mul[1], channels or (1,)).astype(np.float64)
-                offset = np.broadcast_to(off[1], scale.shape).astype(np.float64)
-                params, bn_nodes = (scale, offset), [nxt, add]
-        removed = [n.name for n in bn_nodes[:-1]] + ([bias_node.name] if bias_node else [])
-        if params is None or any(n in keep for n in removed):
-            continue
-        scale, offset = params
-        weights = utils.const_value(weight_node)
-        n_out = weights.shape[spec.out_axis] if conv.op != "DepthwiseConv2dNative" else \
-            weights.shape[2] * weights.shape[3]
-        if conv.op == "MatMul" and ("transpose_b" in conv.attr and conv.attr["transpose_b"].b):
-            n_out = weights.shape[0]
-        if scale.size == 1:
-            scale, offset = np.full(n_out, scale.item()), np.full(n_out, offset.item())
-        if scale.size != n_out:
-            continue
-        folded = scale_weights(weights, scale, conv.op, ("transpose_b" in conv.attr and conv.attr["transpose_b"].b))
-        weight_name = weight_node.name
-        if len(weight_users.get(weight_name, ())) > 1:  # shared: give this conv its own copy
-            weight_name = f"{conv.name}/folded_weights"
-            new = tf.compat.v1.NodeDef()
-            new.CopyFrom(conv)
-            new.input[spec.weight_index] = weight_name
-            replaced[conv.name] = new
-            extra.append((weight_node.name, utils.const_node(weight_name, folded)))
-        else:
-            new_consts[weight_name] = folded
-        b = (np.zeros(n_out) if bias is None else bias) * scale + offset
-        last = bn_nodes[-1]
-        bias_name = f"{last.name}/bias"
-        extra.append((last.name, utils.const_node(bias_name, b.astype(np.float32))))
-        replaced[last.name] = utils.make_node("BiasAdd", last.name, [cur.name, bias_name],
-                                              T=tf.float32)
-        dropped.update(removed)
-    # Batch norms with no compute op before them become x * scale + offset
-    # (docs/batch-norm-folding.md "Batch norms without a compute op").
-    for node in graph_def.node:
-        if node.op in registry.BATCH_NORM_OPS and node.name not in replaced:
-            params = batch_norm_params(node, nm)
-            if params is None or any(nm.consumers.get(f"{node.name}:{k}") for k in range(1, 6)):
-                continue
-            scale, offset = params
-            x = nm.data_inputs(node)[0]
-            extra.append((node.name, utils.const_node(f"{node.name}/scale",
-                                                      scale.astype(np.float32))))
-            extra.append((node.name, utils.const_node(f"{node.name}/offset",
-                                                      offset.astype(np.float32))))
-            extra.append((node.name, utils.make_node("Mul", f"{node.name}/mul",
-                                                     [x, f"{node.name}/scale"], T=tf.float32)))
-            replaced[node.name] = utils.make_node(
-                "BiasAdd", node.name, [f"{node.name}/mul", f"{node.name}/offset"], T=tf.float32)
-    if not replaced:
+    graph_view, context = pt.GraphDefView(nm), _context(nm)
+    position = {node.name: i for i, node in enumerate(graph_def.node)}
+    folds = [_match_fold(nm, graph_view, context, node.name, keep) for node in graph_def.node]
+    edits = _Edits()
+    for fold in sorted((f for f in folds if f is not None), key=lambda f: position[f.conv.name]):
+        _apply_fold(edits, nm, fold)
+    _fold_standalone(edits, nm, graph_view, context)
+    if not edits.replaced:
         return graph_def
-    nodes = []
-    for node in graph_def.node:
-        if node.name in dropped:
-            continue
-        for before, const in extra:
-            if before == node.name and const.name.endswith("/folded_weights"):
-                nodes.append(const)
-        if node.name in new_consts:
-            nodes.append(utils.const_node(node.name, new_consts[node.name]))
-        elif node.name in replaced:
-            for before, const in extra:
-                if before == node.name and not const.name.endswith("/folded_weights"):
-                    nodes.append(const)
-            nodes.append(replaced[node.name])
-        else:
-            nodes.append(node)
-    out = utils.with_nodes(graph_def, nodes)
+    out = _assemble(graph_def, edits)
     return cleanup.remove_dead(out, keep=list(keep) + cleanup.sinks(graph_def))

@@ -23,13 +23,15 @@ The DPU divides by shifts, not by arbitrary numbers. Three rewrites, each found 
    nodes keep reading the DPU's value. plan.py quantizes AvgPool + Mul-by-constant once, after
    the Mul.
 
-3. LeakyRelu alpha 0.1 becomes 26/256 (fused op attr; the constant of Maximum(Mul(a, x), x)
-   and of Keras' Sub(Relu(x), Mul(a, Relu(Neg(x))))).
+3. LeakyRelu alpha 0.1 becomes 26/256 (fused op attr; the constant of the multi-op forms of
+   :data:`decent_q.layers.ACTIVATIONS`, Maximum(Mul(a, x), x) and Keras'
+   Sub(Relu(x), Mul(a, Relu(Neg(x)))), whose Mul only the form's last op reads).
 
 4. Hard-sigmoid ``Relu6(x + 3) / 6`` is ``Relu6(x + 3) * 2731 / 16384`` on the DPU: the 1/6
    constant of ``Mul(Relu6(x + 3), 1/6)``, of hard-swish ``Mul(Mul(x, Relu6(x + 3)), 1/6)`` and
-   the divisor of ``RealDiv(Relu6(x + 3), 6)`` get the extra factor 6 * 2731 / 16384. Keras 2's
-   ``clip(0.2 x + 0.5, 0, 1)`` is a different function (slope 0.2) and is left alone.
+   the divisor 6 of the same with RealDiv (the forms of :data:`decent_q.layers.HARD_SIGMOIDS`)
+   get the extra factor 6 * 2731 / 16384. Keras 2's ``clip(0.2 x + 0.5, 0, 1)`` is a different
+   function (slope 0.2) and is left alone.
 
 Constants are replaced by new Const nodes named after their consumer (``<mul>/dpu_alpha``,
 ``<mul>/dpu_scale``), so shared constants are never changed for other users. Running the pass
@@ -45,6 +47,8 @@ import math
 import numpy as np
 import tensorflow as tf
 
+from decent_q import layers
+from decent_q.graph import pattern as pt
 from decent_q.graph import utils
 from decent_q.graph.utils import node_name, tensor_name
 from decent_q.transforms import cleanup
@@ -85,22 +89,11 @@ def avgpool_factor(kh, kw, scale_all=True):
 
 def _const_scalar(nm, tensor):
     """The float value of a scalar (or one-element) Const `tensor`, or None."""
-    node = nm.producer(tensor)
-    if node is None or node.op != "Const":
+    node = nm.const(tensor)
+    if node is None:
         return None
     value = utils.const_value(node)
     return float(value.reshape(-1)[0]) if value.size == 1 else None
-
-
-def _other(nm, node, name):
-    ins = nm.data_inputs(node)
-    if len(ins) != 2:
-        return None, None
-    if node_name(ins[0]) == name:
-        return 1, ins[1]
-    if node_name(ins[1]) == name:
-        return 0, ins[0]
-    return None, None
 
 
 class Rewrite:
@@ -110,6 +103,8 @@ class Rewrite:
     def __init__(self, graph_def):
         self.graph_def = graph_def
         self.nm = utils.NodeMap(graph_def)
+        self.view = pt.GraphDefView(self.nm)
+        self.context = pt.Context(is_param=lambda tensor: self.nm.const(tensor) is not None)
         self.replace = {}   # node name -> [new nodes] put in its place
         self.consts = []    # (consumer name, input index, new Const)
 
@@ -171,8 +166,8 @@ def _global_mean_kernel(rw, mean, shapes):
     ins = rw.nm.data_inputs(mean)
     if len(ins) != 2:
         return None
-    axes_node = rw.nm.producer(ins[1])
-    if axes_node is None or axes_node.op != "Const":
+    axes_node = rw.nm.const(ins[1])
+    if axes_node is None:
         return None
     shape = shapes.get(tensor_name(ins[0]))
     if shape is None or len(shape) != 4:
@@ -234,6 +229,10 @@ def _rewrite_pools(rw, config):
                      node.name, kernel[0], kernel[1], factor)
 
 
+# The multi-op LeakyRelu forms (layers.ACTIVATIONS): their Mul by alpha gets the DPU's alpha.
+LEAKY_FORMS = tuple(form for form in layers.ACTIVATIONS if form.kind == "LeakyRelu")
+
+
 def _rewrite_leaky_relu(rw):
     for node in rw.graph_def.node:
         if node.op == "LeakyRelu" and "alpha" in node.attr and \
@@ -243,72 +242,45 @@ def _rewrite_leaky_relu(rw):
             rw.replace[node.name] = [new]
             log.info("simulate_dpu: %s alpha 0.1 -> 26/256", node.name)
         elif node.op == "Mul":
-            for index, inp in enumerate(rw.nm.data_inputs(node)[:2]):
-                alpha = _const_scalar(rw.nm, inp)
-                if alpha is None or not math.isclose(alpha, LEAKY_ALPHA, rel_tol=1e-6):
-                    continue
-                x = rw.nm.data_inputs(node)[1 - index]
-                if _is_leaky_mul(rw, node, x):
-                    dtype = utils.const_value(rw.nm.producer(inp)).dtype
-                    rw.set_input_const(node.name, index, f"{node.name}/dpu_alpha",
-                                       DPU_LEAKY_ALPHA, dtype)
-                    log.info("simulate_dpu: %s alpha 0.1 -> 26/256", node.name)
-                    break
+            index = _leaky_alpha_index(rw, node)
+            if index is not None:
+                alpha = rw.nm.data_inputs(node)[index]
+                dtype = utils.const_value(rw.nm.producer(alpha)).dtype
+                rw.set_input_const(node.name, index, f"{node.name}/dpu_alpha",
+                                   DPU_LEAKY_ALPHA, dtype)
+                log.info("simulate_dpu: %s alpha 0.1 -> 26/256", node.name)
 
 
-def _is_leaky_mul(rw, mul, x):
-    """Mul(alpha, x) of Maximum(Mul(alpha, x), x) or of Keras' Sub(Relu(x), Mul(alpha,
-    Relu(Neg(x))))."""
+def _leaky_alpha_index(rw, mul):
+    """The input index of the alpha 0.1 of `mul`, the Mul of a multi-op LeakyRelu form read
+    only by the form's last op, or None."""
     users = rw.nm.node_consumers(mul.name)
     if len(users) != 1:
-        return False
-    user = users[0]
-    if user.op == "Maximum":
-        _, other = _other(rw.nm, user, mul.name)
-        return other is not None and tensor_name(other) == tensor_name(x)
-    if user.op == "Sub":
-        relu_neg = rw.nm.producer(x)
-        neg = relu_neg is not None and relu_neg.op == "Relu" and rw.nm.producer(relu_neg.input[0])
-        return bool(neg) and neg.op == "Neg" and \
-            tensor_name(rw.nm.data_inputs(user)[1]) == tensor_name(mul.name)
-    return False
-
-
-def _is_relu6_plus_3(rw, tensor):
-    relu6 = rw.nm.producer(tensor)
-    if relu6 is None or relu6.op != "Relu6":
-        return False
-    add = rw.nm.producer(relu6.input[0])
-    if add is None or add.op not in ("Add", "AddV2") or len(rw.nm.data_inputs(add)) != 2:
-        return False
-    return any(_const_scalar(rw.nm, i) is not None and
-               math.isclose(_const_scalar(rw.nm, i), 3.0, rel_tol=1e-6)
-               for i in rw.nm.data_inputs(add))
+        return None
+    for form in LEAKY_FORMS:
+        for found in pt.matches(form.pattern(pt.Tensor()), users[0].name, rw.view, rw.context):
+            alpha = _const_scalar(rw.nm, found["alpha"])
+            if found["mul"] == mul.name and alpha is not None and \
+                    math.isclose(alpha, LEAKY_ALPHA, rel_tol=1e-6):
+                return [tensor_name(i) for i in rw.nm.data_inputs(mul)].index(found["alpha"])
+    return None
 
 
 def _rewrite_hard_sigmoid(rw):
+    """The 1/6 (or the divisor 6) of each hard-sigmoid form (layers.HARD_SIGMOIDS) gets the
+    DPU's factor."""
     for node in rw.graph_def.node:
-        if node.op not in ("Mul", "RealDiv") or len(rw.nm.data_inputs(node)) != 2:
+        found = layers.match_hard_sigmoid(rw.view, node.name)
+        if found is None:
             continue
-        ins = rw.nm.data_inputs(node)
-        indices = (1,) if node.op == "RealDiv" else (0, 1)
-        for index in indices:
-            value = _const_scalar(rw.nm, ins[index])
-            want = 6.0 if node.op == "RealDiv" else 1.0 / 6.0
-            if value is None or not math.isclose(value, want, rel_tol=1e-6):
-                continue
-            x = rw.nm.producer(ins[1 - index])
-            hard_sigmoid = _is_relu6_plus_3(rw, ins[1 - index])
-            hard_swish = x is not None and x.op == "Mul" and len(rw.nm.data_inputs(x)) == 2 \
-                and any(_is_relu6_plus_3(rw, i) for i in rw.nm.data_inputs(x))
-            if not (hard_sigmoid or hard_swish):
-                continue
-            new = value / HARD_SIGMOID_FACTOR if node.op == "RealDiv" else \
-                value * HARD_SIGMOID_FACTOR
-            dtype = utils.const_value(rw.nm.producer(ins[index])).dtype
-            rw.set_input_const(node.name, index, f"{node.name}/{SCALE_SUFFIX}", new, dtype)
-            log.info("simulate_dpu: %s hard-sigmoid scaled by 6*2731/16384", node.name)
-            break
+        scale = found[1]["scale"]
+        index = [node_name(i) for i in rw.nm.data_inputs(node)].index(scale)
+        value = _const_scalar(rw.nm, scale)
+        new = value / HARD_SIGMOID_FACTOR if node.op == "RealDiv" else \
+            value * HARD_SIGMOID_FACTOR
+        dtype = utils.const_value(rw.nm[scale]).dtype
+        rw.set_input_const(node.name, index, f"{node.name}/{SCALE_SUFFIX}", new, dtype)
+        log.info("simulate_dpu: %s hard-sigmoid scaled by 6*2731/16384", node.name)
 
 
 def rewrite_steps(config):
