@@ -30,9 +30,9 @@ def _keras(layer_kind):
     return net
 
 
-def _slim(fused, dense=False):
+def _slim(fused, dense=False, affine=True):
     def net(x, training):
-        params = {"is_training": training, "scale": True, "fused": fused}
+        params = {"is_training": training, "scale": affine, "center": affine, "fused": fused}
         if dense:
             return slim.fully_connected(tf.reshape(x, [-1, 192]), 4, activation_fn=None,
                                         normalizer_fn=slim.batch_norm,
@@ -55,6 +55,7 @@ FORMS = {
     "keras_dense": (_keras("dense"), "nn_batch_normalization", True),
     "slim_unfused_conv": (_slim(False), "nn_batch_normalization", True),
     "slim_unfused_dense": (_slim(False, dense=True), "nn_batch_normalization", True),
+    "slim_unfused_no_gamma_beta": (_slim(False, affine=False), "nn_batch_normalization", True),
     "constant_scale_offset": (_scale_offset, "scale_offset", False),
 }
 

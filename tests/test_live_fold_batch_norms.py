@@ -25,9 +25,10 @@ def build(kind, is_training, bias=False):
                 y = tf_keras.layers.Dense(4, use_bias=bias, name="dense")(
                     tf.reshape(x, [-1, 8 * 8 * 3]))
             y = tf_keras.layers.BatchNormalization(name="bn")(y, training=is_training)
-        elif kind in ("slim_unfused", "slim_dense"):
-            bn = {"is_training": is_training, "scale": True, "fused": False}
-            if kind == "slim_unfused":
+        elif kind in ("slim_unfused", "slim_dense", "slim_unfused_plain"):
+            bn = {"is_training": is_training, "scale": kind != "slim_unfused_plain",
+                  "center": kind != "slim_unfused_plain", "fused": False}
+            if kind in ("slim_unfused", "slim_unfused_plain"):
                 y = slim.conv2d(x, 4, 3, activation_fn=None, scope="conv",
                                 normalizer_fn=slim.batch_norm, normalizer_params=bn)
             else:
@@ -94,7 +95,7 @@ KINDS = [("conv", False), ("conv", True), ("depthwise", False), ("atrous", False
          ("keras", False), ("keras", True),
          # unfused batch norms: tf.nn.batch_normalization's ops
          ("keras_dense", False), ("keras_dense", True), ("slim_unfused", False),
-         ("slim_dense", False)]
+         ("slim_dense", False), ("slim_unfused_plain", False)]
 UNFUSED = ["keras_dense", "slim_unfused", "slim_dense"]
 
 

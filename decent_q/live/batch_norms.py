@@ -43,13 +43,12 @@ class BatchNorm:
     mean: tf.Tensor                # moving (inference) or batch (training) statistics
     variance: tf.Tensor
 
+    data_mul: Optional[tf.Operation] = None  # x * inv (or x * scale) of the unfused forms
+
     @property
     def chain(self):
         """Its ops on the data path, x to output: the op itself, or x * inv -> + offset."""
-        if self.form in ("fused", "global_normalization"):
-            return [self.op]
-        return [self.op.inputs[0].op if self.op.inputs[0].op in self.ops else
-                self.op.inputs[1].op, self.op]
+        return [self.op] if self.data_mul is None else [self.data_mul, self.op]
 
     @property
     def side_inputs(self):
@@ -103,7 +102,7 @@ def _describe(graph, form, found):
         return BatchNorm(form, op, tensor(found["x"]), [graph.get_operation_by_name(n)
                                                           for n in found.ops],
                           tensor(found["scale"]), tensor(found["offset"]), None, False, None,
-                          None)
+                          None, graph.get_operation_by_name(found["mul"]))
     mean, variance = tensor(found["mean"]), tensor(found["variance"])
     training = not (is_parameter(mean) and is_parameter(variance))
     x = tensor(found["x"])
@@ -112,7 +111,8 @@ def _describe(graph, form, found):
         ops += _statistics_ops(x, (mean, variance))
     return BatchNorm(form, op, x, ops, tensor(found["gamma"]) if "gamma" in found.captures
                       else None, tensor(found["beta"]) if "beta" in found.captures else None,
-                      tensor(found["epsilon"]), training, mean, variance)
+                      tensor(found["epsilon"]), training, mean, variance,
+                      graph.get_operation_by_name(found["mul"]))
 
 
 def _statistics_ops(x, statistics):
