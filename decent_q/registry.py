@@ -1,7 +1,11 @@
-"""What is quantized and how: one table, shared by QAT and post-training quantization.
+"""The op roles: what each op type is to the quantizer, shared by QAT and post-training
+quantization (docs/placement.md).
 
 Each entry says how an op type is treated inside the quantized range (input_nodes ..
-output_nodes). :mod:`decent_q.plan` reads these tables; nothing else decides placement.
+output_nodes): compute ops and their data / weight inputs, bias, activation, pass-through,
+float and shape ops, data inputs, fusions, the input method, parameter / variable / read ops.
+:mod:`decent_q.layers` declares the layer forms from these roles; :mod:`decent_q.plan` places
+FixNeurons with both.
 """
 
 import collections
@@ -26,7 +30,7 @@ COMPUTE_OPS = {
 # Ops that add a per-channel bias after a compute op.
 BIAS_OPS = frozenset({"BiasAdd", "Add", "AddV2"})
 
-# Single-op activations that end a compute layer (LeakyRelu's multi-op forms: plan.py).
+# Single-op activations that end a compute layer (LeakyRelu's multi-op forms: layers.py).
 ACTIVATION_OPS = frozenset({"Relu", "Relu6", "LeakyRelu"})
 
 # Ops whose output is quantized when all their data inputs are quantized.
