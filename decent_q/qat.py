@@ -28,7 +28,7 @@ import re
 
 import tensorflow as tf
 
-from decent_q import calibrate, ops
+from decent_q import ops, write
 from decent_q import plan as plan_lib
 from decent_q.config import DEFAULTS, QuantizeConfig
 from decent_q.errors import ConfigError, QuantizeError
@@ -153,7 +153,7 @@ def deploy_models(graph, checkpoint, config, suffix=""):
     frozen = freeze(graph, path, keep)
     eval_gd = finalize_lib.finalize(frozen, keep)
     eval_gd = set_input_placeholders(eval_gd, config)
-    return calibrate.write_models(eval_gd, config, suffix=suffix)
+    return write.write_models(eval_gd, config, suffix=suffix)
 
 
 def switch_to_evaluation(graph):
