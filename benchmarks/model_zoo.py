@@ -288,8 +288,8 @@ def _has_op(graph, name):
 
 
 def reason_kinds(plan):
-    from decent_q import calibrate  # pylint: disable=import-outside-toplevel
-    return dict(collections.Counter(calibrate._reason_kind(r)  # pylint: disable=protected-access
+    from decent_q import report  # pylint: disable=import-outside-toplevel
+    return dict(collections.Counter(report._reason_kind(r)  # pylint: disable=protected-access
                                     for r in plan.float_nodes.values()))
 
 

@@ -21,7 +21,7 @@ from decent_q.errors import ConfigError, QuantizeError
 from decent_q.ops import Mode, Phase, fix_neuron, load_library
 from decent_q.qat import (CreateQuantizeDeployGraph, CreateQuantizeEvaluationGraph,
                           CreateQuantizeTrainingGraph)
-from decent_q.calibrate import quantize_frozen
+from decent_q.ptq import quantize_frozen
 from decent_q.dump import dump as dump_simulation
 from decent_q.inspection import inspect_graph
 from decent_q.python.decent_q import (check_float_graph, deploy_checkpoint, inspect,

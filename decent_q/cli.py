@@ -83,9 +83,9 @@ def _config(args):
 
 
 def _quantize(args, config):
-    from decent_q import calibrate  # pylint: disable=import-outside-toplevel
-    calibrate.quantize_frozen(args.input_frozen_graph, args.input_fn, config,
-                              progress=not args.quiet)
+    from decent_q import ptq  # pylint: disable=import-outside-toplevel
+    ptq.quantize_frozen(args.input_frozen_graph, args.input_fn, config,
+                        progress=not args.quiet)
 
 
 def _inspect(args, config):

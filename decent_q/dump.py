@@ -23,8 +23,8 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from decent_q import calibrate
-from decent_q.errors import QuantizeError
+from decent_q import calibrate, checks, inputs
+from decent_q.errors import ConfigError, QuantizeError
 from decent_q.graph import quantized
 from decent_q.graph import utils
 from decent_q.graph.utils import node_name, tensor_name
@@ -57,14 +57,9 @@ def dump(input_frozen_graph, input_fn, max_dump_batches=1, dump_float=0,
     Raises:
       QuantizeError: the graph, input_fn or its data is wrong.
     """
-    if layout not in _LAYOUTS:
-        raise ValueError(f"layout={layout!r}; use one of {', '.join(_LAYOUTS)}")
-    legacy = layout == "1.4.1"
-    if not isinstance(max_dump_batches, int) or max_dump_batches <= 0:
-        from decent_q.errors import ConfigError  # pylint: disable=import-outside-toplevel
-        raise ConfigError(f"max_dump_batches={max_dump_batches!r} must be a positive integer")
-    calibrate.check_output_dir(output_dir)
-    fn, fn_name = calibrate.load_input_fn(input_fn)
+    legacy = _check_arguments(layout, max_dump_batches)
+    checks.check_output_dir(output_dir)
+    fn, fn_name = inputs.load_input_fn(input_fn)
     graph_def = (utils.load_graph_def(input_frozen_graph)
                  if isinstance(input_frozen_graph, (str, os.PathLike)) else input_frozen_graph)
     fixes = quantized.fix_neurons(graph_def)
@@ -72,9 +67,36 @@ def dump(input_frozen_graph, input_fn, max_dump_batches=1, dump_float=0,
         log.warning("the graph has no FixNeuron nodes (is it a quantize_eval_model?); only "
                     "float values can be dumped")
     graph_def = replace_by_placeholders(graph_def, dump_input_tensors)
-    graph = calibrate.import_graph(graph_def)
+    graph = utils.import_graph(graph_def)
     constant = _constant_nodes(graph_def)
-    fetches = {}  # file stem -> (tensor, kind, fix node or None)
+    fetches = _fetches(graph, fixes, dump_float)
+    if session_config is None and config is not None:
+        session_config = calibrate.session_config(config)
+    folders = []
+    with tf.compat.v1.Session(graph=graph, config=session_config) as sess:
+        for step in range(max_dump_batches):
+            batch = inputs.call_input_fn(fn, step, fn_name)
+            feed = inputs.feed_dict(graph, batch, step, fn_name)
+            folders.append(_dump_batch(sess, fetches, feed, constant, step, fn_name, output_dir,
+                                       legacy))
+    return folders
+
+
+def _check_arguments(layout, max_dump_batches):
+    """True for the 1.4.1 layout, False for the guide's; ValueError / ConfigError for a bad
+    layout or batch count."""
+    if layout not in _LAYOUTS:
+        raise ValueError(f"layout={layout!r}; use one of {', '.join(_LAYOUTS)}")
+    legacy = layout == "1.4.1"
+    if not isinstance(max_dump_batches, int) or max_dump_batches <= 0:
+        raise ConfigError(f"max_dump_batches={max_dump_batches!r} must be a positive integer")
+    return legacy
+
+
+def _fetches(graph, fixes, dump_float):
+    """{file stem: (tensor, "int" or "float", FixNeuron node or None)}: every FixNeuron's
+    output, and with dump_float every floating-point output of every node."""
+    fetches = {}
     for name, node in fixes.items():
         fetches[_stem(name)] = (graph.get_tensor_by_name(f"{name}:0"), "int", node)
     if dump_float:
@@ -83,37 +105,32 @@ def dump(input_frozen_graph, input_fn, max_dump_batches=1, dump_float=0,
                 if tensor.dtype.is_floating:
                     stem = _stem(op.name) + (f"_{k}" if k else "")
                     fetches[f"{stem}_float"] = (tensor, "float", None)
-    stems = sorted(fetches)
-    if session_config is None and config is not None:
-        session_config = calibrate.session_config(config)
-    folders = []
-    with tf.compat.v1.Session(graph=graph, config=session_config) as sess:
-        for step in range(max_dump_batches):
-            batch = calibrate.call_input_fn(fn, step, fn_name)
-            feed = calibrate.feed_dict(graph, batch, step, fn_name)
-            wanted = [s for s in stems if step == 0 or
-                      node_name(fetches[s][0].name) not in constant]
-            try:
-                values = sess.run([fetches[s][0] for s in wanted], feed)
-            except tf.errors.OpError as err:
-                raise QuantizeError(f"running the graph on {fn_name}({step}) failed: "
-                                    f"{err.message.strip().splitlines()[0]}") from err
-            folder = os.path.join(output_dir, f"dump_results_{step + (0 if legacy else 1)}")
-            weights_folder = os.path.join(output_dir, "dump_results_weights") if legacy \
-                else folder
-            for path in sorted({folder, weights_folder}):
-                utils.prepare_output_dir(path)
-            for stem, value in zip(wanted, values):
-                _, kind, fix = fetches[stem]
-                where = weights_folder if node_name(fetches[stem][0].name) in constant \
-                    else folder
-                if kind == "int":
-                    _write_int(where, stem, value, fix, suffix=not legacy)
-                else:
-                    _write(where, stem, np.asarray(value, np.float32), "%.9g")
-            folders.append(folder)
-            log.info("dumped batch %d to %s (%d tensors)", step + 1, folder, len(wanted))
-    return folders
+    return fetches
+
+
+def _dump_batch(sess, fetches, feed, constant, step, fn_name, output_dir, legacy):
+    """Runs batch `step` and writes its folder (constant outputs only on step 0, into the
+    weights folder in the 1.4.1 layout); returns the batch folder."""
+    wanted = [s for s in sorted(fetches) if step == 0 or
+              node_name(fetches[s][0].name) not in constant]
+    try:
+        values = sess.run([fetches[s][0] for s in wanted], feed)
+    except tf.errors.OpError as err:
+        raise QuantizeError(f"running the graph on {fn_name}({step}) failed: "
+                            f"{err.message.strip().splitlines()[0]}") from err
+    folder = os.path.join(output_dir, f"dump_results_{step + (0 if legacy else 1)}")
+    weights_folder = os.path.join(output_dir, "dump_results_weights") if legacy else folder
+    for path in sorted({folder, weights_folder}):
+        utils.prepare_output_dir(path)
+    for stem, value in zip(wanted, values):
+        _, kind, fix = fetches[stem]
+        where = weights_folder if node_name(fetches[stem][0].name) in constant else folder
+        if kind == "int":
+            _write_int(where, stem, value, fix, suffix=not legacy)
+        else:
+            _write(where, stem, np.asarray(value, np.float32), "%.9g")
+    log.info("dumped batch %d to %s (%d tensors)", step + 1, folder, len(wanted))
+    return folder
 
 
 _LAYOUTS = ("guide", "1.4.1")
@@ -130,7 +147,7 @@ def replace_by_placeholders(graph_def, tensors):
         return graph_def
     node_map = utils.NodeMap(graph_def)
     utils.check_nodes_exist(node_map, names, "dump_input_tensors entry")
-    graph = calibrate.import_graph(graph_def)
+    graph = utils.import_graph(graph_def)
     replace = {}
     for name in names:
         try:

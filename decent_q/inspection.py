@@ -32,7 +32,7 @@ def inspect_graph(input_frozen_graph, config=None):
       {node: why it stays float}; ``range`` (the input and output nodes used); ``error`` (why
       no plan could be made, or None).
     """
-    from decent_q import calibrate  # pylint: disable=import-outside-toplevel
+    from decent_q import checks, transforms  # pylint: disable=import-outside-toplevel
     from decent_q import plan as plan_lib  # pylint: disable=import-outside-toplevel
     from decent_q.errors import QuantizeError  # pylint: disable=import-outside-toplevel
 
@@ -65,8 +65,8 @@ def inspect_graph(input_frozen_graph, config=None):
         extra = {} if all(shapes) else {"simulate_dpu": 0}
         cfg = dataclasses.replace(config, input_nodes=in_nodes, output_nodes=out_nodes,
                                   input_shapes=[s or [-1, 1, 1, 1] for s in shapes], **extra)
-        calibrate.check_config_nodes(graph_def, cfg)
-        plan = plan_lib.plan_quantization(calibrate.prepare_float_graph(graph_def, cfg), cfg)
+        checks.check_config_nodes(graph_def, cfg)
+        plan = plan_lib.plan_quantization(transforms.prepare_float_graph(graph_def, cfg), cfg)
     except QuantizeError as err:
         info["error"] = str(err)
         return info

@@ -72,6 +72,18 @@ def concat_graph(seed=0):
     return graph.as_graph_def()
 
 
+def nan_graph():
+    """input -> conv -> relu -> log(y - 10) 'out': NaN for every input (the float check's
+    failure)."""
+    graph = tf.Graph()
+    with graph.as_default():
+        x = tf.compat.v1.placeholder(tf.float32, [None] + SHAPE, name=INPUT)
+        w = tf.constant(np.full([1, 1, 3, 2], 0.5, np.float32), name="w")
+        y = tf.nn.relu(tf.nn.conv2d(x, w, 1, "SAME"), name="relu")
+        tf.math.log(y - 10.0, name="out")  # log of a negative number: NaN
+    return graph.as_graph_def()
+
+
 def config(output_nodes=("logits",), **kw):
     kw.setdefault("calib_iter", 2)
     return QuantizeConfig(input_nodes=[INPUT], output_nodes=list(output_nodes),

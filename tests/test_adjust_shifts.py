@@ -9,7 +9,7 @@ import tensorflow as tf
 from decent_q import calibrate
 from decent_q import plan as plan_lib
 from decent_q.config import QuantizeConfig
-from decent_q.graph import quantized
+from decent_q.graph import quantized, utils
 from decent_q.transforms import adjust_positions
 from decent_q.transforms import adjust_shifts
 
@@ -157,7 +157,7 @@ def test_calibrated_zero_bias_gets_a_valid_position():
     shift_cut = p[layer.weight_fix] + p[layer.input_fix] - p[layer.output_fix]
     assert 0 <= shift_cut <= 16 and min(0, shift_cut - 16) <= shift_bias <= 16
     for graph_def in (model, out):  # the bias stays exactly zero: outputs do not change
-        graph = calibrate.import_graph(graph_def)
+        graph = utils.import_graph(graph_def)
         with tf.compat.v1.Session(graph=graph) as sess:
             result = sess.run("c1/act/aquant:0", {"input:0": x})
         if graph_def is model:

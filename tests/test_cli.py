@@ -121,12 +121,12 @@ def test_bad_inputs(workdir, capsys, argv, code, message):
 
 
 def test_unexpected_errors_and_debug(workdir, capsys, monkeypatch):
-    from decent_q import calibrate
+    from decent_q import ptq
 
     def boom(*_, **__):
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(calibrate, "quantize_frozen", boom)
+    monkeypatch.setattr(ptq, "quantize_frozen", boom)
     assert cli.main(QUANTIZE) == 1
     err = capsys.readouterr().err
     assert "[decent_q] ERROR: internal error: RuntimeError: disk on fire (rerun with --debug" \

@@ -2,7 +2,7 @@
 
 Each run is a fresh Python process with its own PYTHONHASHSEED, so an output that depended on
 set or dict iteration order of strings, object ids or time would differ between the two.
-(In-process repeatability is tested in test_calibrate / test_dump.)
+(In-process repeatability is tested in test_ptq / test_dump.)
 """
 
 import importlib.util

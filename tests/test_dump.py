@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 
 import helpers
-from decent_q import calibrate
+from decent_q import ptq
 from decent_q.dump import dump, replace_by_placeholders
 from decent_q.errors import ConfigError, QuantizeError
 from decent_q.graph import quantized, utils
@@ -17,7 +17,7 @@ from decent_q.graph import quantized, utils
 def eval_model(tmp_path_factory):
     out = tmp_path_factory.mktemp("q")
     cfg = helpers.config(output_dir=str(out), nodes_bit={"conv1/Relu": 16})
-    return calibrate.quantize_frozen(helpers.small_cnn(), helpers.input_fn, cfg,
+    return ptq.quantize_frozen(helpers.small_cnn(), helpers.input_fn, cfg,
                                      progress=False)["quantize_eval_model"]
 
 

@@ -140,12 +140,12 @@ UMASK_CODE = """
 import os, stat, sys
 sys.path.insert(0, os.path.join(sys.argv[1], "tests"))
 import helpers
-from decent_q import calibrate, dump
+from decent_q import dump, ptq
 def modes(files):
     return sorted({oct(stat.S_IMODE(os.stat(f).st_mode)) for f in files})
 os.umask(0o022)
 cfg = helpers.config(output_dir=sys.argv[2], calib_iter=1)
-paths = calibrate.quantize_frozen(helpers.small_cnn(), helpers.input_fn, cfg, progress=False)
+paths = ptq.quantize_frozen(helpers.small_cnn(), helpers.input_fn, cfg, progress=False)
 print("quantize 0o22", modes(paths.values()))
 os.umask(0o027)
 folder = dump.dump(paths["quantize_eval_model"], helpers.input_fn, output_dir=sys.argv[2])[0]

@@ -14,7 +14,7 @@ import pytest
 import tensorflow as tf
 
 import helpers
-from decent_q import calibrate, ops, ops_tf
+from decent_q import ops, ops_tf, ptq
 from decent_q.graph import quantized, utils
 from tests import numpy_reference as ref
 from tests.test_ops import _random_tensor
@@ -347,7 +347,7 @@ def test_ptq_with_tf_ops_writes_the_same_models(tmp_path):
     paths = {}
     for impl in ("kernel", "tf_ops"):
         cfg = helpers.config(output_dir=str(tmp_path / impl), fix_neuron_impl=impl)
-        paths[impl] = calibrate.quantize_frozen(helpers.small_cnn(), helpers.input_fn, cfg,
+        paths[impl] = ptq.quantize_frozen(helpers.small_cnn(), helpers.input_fn, cfg,
                                                 progress=False)
     for key, path in paths["kernel"].items():
         with open(path, "rb") as a, open(paths["tf_ops"][key], "rb") as b:

@@ -296,7 +296,7 @@ def test_training_and_evaluation_graphs_have_the_same_points(net, freeze_step, t
                 and not p.startswith(("res_b/", "pw2/"))]
 
 
-# -- point names, old checkpoints, simulate_dpu, ignored options ------------------------------
+# -- point names, simulate_dpu, ignored options ---------------------------------------------
 
 def small_fn(pool="mean", alpha=0.1):
     """conv (ref variable w) -> LeakyRelu(alpha) -> global pool -> dense (resource variable v)."""
@@ -366,42 +366,6 @@ def test_points_are_named_after_the_tensor_the_compute_op_reads(tmp_path):
     assert graph.get_operation_by_name("conv").inputs[1].name == "w/read/wquant:0"
     assert graph.get_operation_by_name("logits").inputs[1].name == \
         "logits/ReadVariableOp/wquant:0"
-
-
-def _legacy(name):
-    """decent_q 0.1's histogram names: a weight point named after its variable."""
-    return {"w/read/wquant/pos_hist": "w/wquant/pos_hist",
-            "logits/ReadVariableOp/wquant/pos_hist": "v/wquant/pos_hist"}.get(name, name)
-
-
-def _positions(model):
-    return {n.name: n.attr["quantize_pos"].i for n in model.node if n.op == "FixNeuron"}
-
-
-def test_checkpoints_with_old_point_names_still_deploy_and_restore(tmp_path):
-    graph, new = small_train(tmp_path / "new")
-    _, old = small_train(tmp_path / "old", save_as=_legacy)
-    stored = dict(tf.train.list_variables(old))
-    assert "w/wquant/pos_hist" in stored and "w/read/wquant/pos_hist" not in stored
-    assert qat.legacy_histogram_names(graph) == {
-        "w/read/wquant/pos_hist": "w/wquant/pos_hist",
-        "logits/ReadVariableOp/wquant/pos_hist": "v/wquant/pos_hist"}
-    expected = _positions(small_deploy(tmp_path / "new", new))
-    assert _positions(small_deploy(tmp_path / "old", old)) == expected
-    # Resuming training: a Saver on checkpoint_var_list reads the old names ...
-    with graph.as_default(), tf.compat.v1.Session() as sess:
-        with pytest.raises(tf.errors.NotFoundError):
-            tf.compat.v1.train.Saver().restore(sess, old)
-        tf.compat.v1.train.Saver(var_list=qat.checkpoint_var_list(old)).restore(sess, old)
-        hist = sess.run(next(v for v in tf.compat.v1.global_variables()
-                             if v.op.name == "w/read/wquant/pos_hist"))
-    assert hist.sum() == 1
-    # ... and convert_checkpoint writes a copy with today's names.
-    with graph.as_default():
-        converted = qat.convert_checkpoint(old, str(tmp_path / "converted" / "model.ckpt-1"))
-    names = dict(tf.train.list_variables(converted))
-    assert "w/read/wquant/pos_hist" in names and "w/wquant/pos_hist" not in names
-    assert _positions(small_deploy(tmp_path / "conv", converted)) == expected
 
 
 def test_simulate_dpu_applies_in_qat_training_and_evaluation_graphs(tmp_path):

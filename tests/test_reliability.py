@@ -3,7 +3,7 @@ for usage errors and 1 for failures, no traceback unless --debug, no output file
 changed.
 
 Cases already covered elsewhere are not repeated here: loader unit cases (test_graph_utils),
-input_fn through the API (test_calibrate), the first CLI matrix (test_cli), QAT misuse
+input_fn through the API (test_inputs), the first CLI matrix (test_cli), QAT misuse
 (test_qat).
 """
 
@@ -18,7 +18,7 @@ import tensorflow as tf
 
 import decent_q
 import helpers
-from decent_q import calibrate, cli
+from decent_q import cli, ptq
 from decent_q.errors import ConfigError, QuantizeError
 from decent_q.graph import utils
 
@@ -311,7 +311,7 @@ def test_unsupported_op_in_range_is_left_float_with_a_warning(in_folder, capsys,
 @pytest.mark.parametrize("use_resource", [False, True])
 def test_api_variables_graph(tmp_path, use_resource):
     with pytest.raises(QuantizeError, match=r"not frozen.*\(conv/weights\); freeze it first"):
-        calibrate.quantize_frozen(_variables_graph(use_resource), helpers.input_fn,
+        ptq.quantize_frozen(_variables_graph(use_resource), helpers.input_fn,
                                   helpers.config(output_dir=str(tmp_path / "q")),
                                   progress=False)
     assert not os.path.exists(tmp_path / "q")
@@ -324,14 +324,14 @@ def test_api_unused_variable_is_allowed(tmp_path):
     with step.as_default():
         tf.compat.v1.train.get_or_create_global_step()
     graph_def.node.extend(step.as_graph_def().node)
-    paths = calibrate.quantize_frozen(graph_def, helpers.input_fn,
+    paths = ptq.quantize_frozen(graph_def, helpers.input_fn,
                                       helpers.config(output_dir=str(tmp_path)), progress=False)
     assert os.path.exists(paths["deploy_model"])
 
 
 def test_api_custom_op(tmp_path):
     with pytest.raises(QuantizeError, match="op type 'MyVendorPool'.*tf.load_op_library"):
-        calibrate.quantize_frozen(_custom_op_graph(), helpers.input_fn,
+        ptq.quantize_frozen(_custom_op_graph(), helpers.input_fn,
                                   helpers.config(output_dir=str(tmp_path / "q")),
                                   progress=False)
     assert not os.path.exists(tmp_path / "q")
@@ -345,7 +345,7 @@ def test_api_custom_op(tmp_path):
 ])
 def test_api_absent_node_names(tmp_path, field, value, message):
     with pytest.raises(QuantizeError, match=re.escape(message)):
-        calibrate.quantize_frozen(helpers.small_cnn(), helpers.input_fn,
+        ptq.quantize_frozen(helpers.small_cnn(), helpers.input_fn,
                                   helpers.config(output_dir=str(tmp_path / "q"), **{field: value}),
                                   progress=False)
     assert not os.path.exists(tmp_path / "q")
@@ -358,7 +358,7 @@ def test_api_absent_node_names(tmp_path, field, value, message):
 ])
 def test_api_input_fn_data(tmp_path, value, message):
     with pytest.raises(QuantizeError, match=message):
-        calibrate.quantize_frozen(helpers.small_cnn(), lambda step: {"input": value},
+        ptq.quantize_frozen(helpers.small_cnn(), lambda step: {"input": value},
                                   helpers.config(output_dir=str(tmp_path / "q")),
                                   progress=False)
     assert not os.path.exists(tmp_path / "q")
@@ -368,7 +368,7 @@ def test_api_input_fn_calling_sys_exit(tmp_path):
     def leaves(step):
         sys.exit("no more data")
     with pytest.raises(QuantizeError, match="leaves\\(0\\) raised at .*SystemExit: no more data"):
-        calibrate.quantize_frozen(helpers.small_cnn(), leaves,
+        ptq.quantize_frozen(helpers.small_cnn(), leaves,
                                   helpers.config(output_dir=str(tmp_path / "q")),
                                   progress=False)
 
@@ -376,7 +376,7 @@ def test_api_input_fn_calling_sys_exit(tmp_path):
 def test_api_output_dir_under_a_file(tmp_path):
     (tmp_path / "f").write_text("x")
     with pytest.raises(QuantizeError, match="is not writable"):
-        calibrate.quantize_frozen(helpers.small_cnn(), helpers.input_fn,
+        ptq.quantize_frozen(helpers.small_cnn(), helpers.input_fn,
                                   helpers.config(output_dir=str(tmp_path / "f" / "q")),
                                   progress=False)
     with pytest.raises(QuantizeError, match="cannot create output_dir"):
@@ -392,7 +392,7 @@ def test_api_output_dir_read_only(tmp_path):
     folder.chmod(0o500)
     try:
         with pytest.raises(QuantizeError, match="is not writable"):
-            calibrate.quantize_frozen(helpers.small_cnn(), helpers.input_fn,
+            ptq.quantize_frozen(helpers.small_cnn(), helpers.input_fn,
                                       helpers.config(output_dir=str(folder / "q")),
                                       progress=False)
     finally:
@@ -410,7 +410,7 @@ def test_api_float_check_names_the_failing_node(tmp_path):
         tf.reshape(y, [-1, 7], name="logits")
     with pytest.raises(QuantizeError, match=r"the float graph fails on .*: Input to reshape is "
                                             r"a tensor with \d+ values.*\(node logits\)"):
-        calibrate.quantize_frozen(graph.as_graph_def(), helpers.input_fn,
+        ptq.quantize_frozen(graph.as_graph_def(), helpers.input_fn,
                                   helpers.config(output_dir=str(tmp_path / "q")),
                                   progress=False)
     assert not os.path.exists(tmp_path / "q")

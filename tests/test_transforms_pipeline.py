@@ -9,7 +9,7 @@ import tf_slim as slim
 from decent_q import calibrate
 from decent_q import plan as plan_lib
 from decent_q.config import QuantizeConfig
-from decent_q.graph import quantized
+from decent_q.graph import quantized, utils
 from decent_q.transforms import adjust_positions, prepare_float_graph
 
 tf.compat.v1.disable_v2_behavior()  # graph flow: ref-variable histograms in calibration
@@ -50,7 +50,7 @@ def frozen_cnn(pool):
 
 
 def run(graph_def, x, name):
-    graph = calibrate.import_graph(graph_def)
+    graph = utils.import_graph(graph_def)
     with tf.compat.v1.Session(graph=graph) as sess:
         return sess.run(f"{name}:0", {"input:0": x})
 

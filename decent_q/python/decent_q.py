@@ -30,9 +30,11 @@ import os
 import tensorflow as tf
 from tensorflow.python.framework import meta_graph as meta_graph_lib  # pylint: disable=no-name-in-module
 
-from decent_q import calibrate
+from decent_q import checks
 from decent_q import dump as dump_lib
+from decent_q import inputs
 from decent_q import inspection
+from decent_q import ptq
 from decent_q import qat
 from decent_q.config import QuantizeConfig
 from decent_q.errors import ConfigError, QuantizeError
@@ -53,16 +55,16 @@ def quantize_frozen(input_graph_def, input_fn, q_config=None, s_config=None, ski
     """
     if dump_as_xir:
         log.warning("dump_as_xir is not supported (no XIR compiler in decent_q); ignored")
-    return calibrate.quantize_frozen(input_graph_def, input_fn, _config(q_config), s_config,
-                                     skip_check=skip_check if skip_check else None)
+    return ptq.quantize_frozen(input_graph_def, input_fn, _config(q_config), s_config,
+                               skip_check=skip_check if skip_check else None)
 
 
 def check_float_graph(input_graph_def, input_fn, q_config, s_config=None):
     """Runs the float graph on input_fn(0) (the check quantize_frozen runs first)."""
     q_config = _config(q_config)
-    fn, name = calibrate.load_input_fn(input_fn)
-    calibrate.check_float_model(input_graph_def, q_config, calibrate.call_input_fn(fn, 0, name),
-                                name, calibrate.check_session_config(s_config))
+    fn, name = inputs.load_input_fn(input_fn)
+    checks.check_float_model(input_graph_def, q_config, inputs.call_input_fn(fn, 0, name),
+                             name, checks.check_session_config(s_config))
 
 
 def quantize_train(input_meta_graph_def, q_config):
@@ -133,7 +135,7 @@ def dump(input_graph_def, input_fn, output_dir, max_dump_batches, dump_float,
     return dump_lib.dump(input_graph_def, input_fn, max_dump_batches=int(max_dump_batches),
                          dump_float=int(dump_float), output_dir=output_dir,
                          dump_input_tensors=dump_input_tensors,
-                         session_config=calibrate.check_session_config(s_config),
+                         session_config=checks.check_session_config(s_config),
                          layout="1.4.1")
 
 

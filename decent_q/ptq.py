@@ -1,0 +1,115 @@
+"""Post-training quantization of a frozen GraphDef: check, prepare, calibrate, write the models.
+
+    frozen float graph
+      -> checks: options, node names, frozen, input shapes, float run  (checks)
+      -> inference clean-up, batch-norm folding            (transforms.prepare_float_graph)
+      -> plan: where FixNeurons go                           (plan.plan_quantization)
+      -> calibrate: CALIB FixNeurons, histogram per point    (calibrate.calibrate_positions)
+      -> eval model: EVAL FixNeurons with the kept positions  (plan.apply_to_graph_def)
+      -> position passes, deploy model, both files written  (write.write_models)
+      -> summary                                             (report.log_summary)
+"""
+
+import dataclasses
+import logging
+import os
+import time
+
+from decent_q import calibrate, checks, inputs, report, transforms, write
+from decent_q import plan as plan_lib
+from decent_q.errors import ConfigError, QuantizeError
+from decent_q.graph import utils
+
+log = logging.getLogger("decent_q")
+
+
+def quantize_frozen(input_frozen_graph, input_fn, config=None, s_config=None, skip_check=None,
+                    progress=True):
+    """Post-training quantization: frozen float graph -> quantize_eval_model.pb, deploy_model.pb.
+
+    The first five parameters are in the order of the original's
+    ``quantize_frozen(input_graph_def, input_fn, q_config, s_config, skip_check)``.
+
+    Args:
+      input_frozen_graph: path of a frozen GraphDef (binary or text), or a GraphDef.
+      input_fn: callable(step) -> {placeholder name: numpy array}, or its import path
+        ``"module.function"`` (imported with the current folder on sys.path).
+      config: QuantizeConfig; input_nodes, output_nodes and input_shapes are required.
+      s_config: optional tf.compat.v1.ConfigProto for the sessions that run the graph (the
+        float check and calibration); None: from config's gpu and gpu_memory_fraction.
+      skip_check: optional 0/1; overrides config.skip_check.
+      progress: show a progress bar on stderr during calibration (only if it is a terminal).
+
+    Returns:
+      {"quantize_eval_model": path, "deploy_model": path}. Nothing is written unless every
+      step succeeded.
+
+    Raises:
+      ConfigError: a required option is missing or malformed.
+      QuantizeError: the graph, a node name, input_fn or its data is wrong; the message says
+        what to fix.
+    """
+    start = time.time()
+    config, s_config = _checked_options(config, s_config, skip_check)
+    fn, fn_name = inputs.load_input_fn(input_fn)
+    graph_def = _checked_graph(input_frozen_graph, config)
+    first = inputs.call_input_fn(fn, 0, fn_name)
+    if not config.skip_check:
+        checks.check_float_model(graph_def, config, first, fn_name, s_config)
+    float_gd = transforms.prepare_float_graph(graph_def, config)
+    plan = _plan(float_gd, config)
+
+    def batches(step):
+        return first if step == 0 else inputs.call_input_fn(fn, step, fn_name)
+
+    log.info("calibrating %d FixNeurons on %d batches from %s", len(plan.points),
+             config.calib_iter, fn_name)
+    positions = _calibrate(float_gd, plan, batches, config, s_config, progress)
+    eval_gd = plan_lib.apply_to_graph_def(float_gd, plan, positions, arch_type=config.arch_type)
+    paths = write.write_models(eval_gd, config)
+    report.log_summary(plan, paths, time.time() - start)
+    return paths
+
+
+def _checked_options(config, s_config, skip_check):
+    """(config with skip_check applied, s_config) once both are valid and output_dir is
+    writable."""
+    if config is None:
+        raise ConfigError("config is required: pass decent_q.QuantizeConfig(input_nodes=[...], "
+                          "output_nodes=[...], input_shapes=[[...]]) as the third argument")
+    s_config = checks.check_session_config(s_config)
+    if skip_check is not None:
+        config = dataclasses.replace(config, skip_check=skip_check)
+    config.require_nodes()
+    checks.check_output_dir(config.output_dir)
+    return config, s_config
+
+
+def _checked_graph(input_frozen_graph, config):
+    """The frozen float GraphDef (loaded if a path) with config.input_shapes set, once the
+    config's nodes are in it and it is frozen."""
+    graph_def = (utils.load_graph_def(input_frozen_graph)
+                 if isinstance(input_frozen_graph, (str, os.PathLike)) else input_frozen_graph)
+    checks.check_config_nodes(graph_def, config)
+    checks.check_frozen(graph_def, config)
+    return checks.set_input_shapes(graph_def, config)
+
+
+def _plan(float_graph_def, config):
+    """The quantization plan of the prepared float graph; it must quantize something."""
+    plan = plan_lib.plan_quantization(float_graph_def, config)
+    if not plan.points:
+        raise QuantizeError("nothing to quantize between input_nodes "
+                            f"{config.input_nodes} and output_nodes {config.output_nodes}; "
+                            "check that the output nodes are reached from the input nodes")
+    return plan
+
+
+def _calibrate(float_graph_def, plan, batches, config, s_config, progress):
+    """calibrate.calibrate_positions with the progress bar (if `progress`) around it."""
+    bar = report.Progress(config.calib_iter, enabled=progress)
+    try:
+        return calibrate.calibrate_positions(float_graph_def, plan, batches, config,
+                                             progress=bar.update, s_config=s_config)
+    finally:
+        bar.close()
