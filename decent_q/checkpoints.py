@@ -14,11 +14,9 @@ import re
 
 import tensorflow as tf
 
-from decent_q import ops
+from decent_q import ops, registry
 from decent_q.errors import ConfigError, QuantizeError
 from decent_q.graph import utils
-
-_VARIABLE_OPS = ("VariableV2", "Variable", "VarHandleOp")
 
 
 def resolve_checkpoint(checkpoint):
@@ -93,7 +91,7 @@ def _needed_variables(graph, keep):
         if op.name in seen:
             continue
         seen.add(op.name)
-        if op.type in _VARIABLE_OPS:
+        if op.type in registry.VARIABLE_OPS:
             found.append(op)
         stack.extend(t.op for t in op.inputs)
         stack.extend(op.control_inputs)
@@ -114,8 +112,8 @@ def legacy_histogram_names(graph=None):
             read = graph.get_operation_by_name(f"{point}/fix").inputs[0].op
         except KeyError:
             continue
-        if read.type in ("Identity", "ReadVariableOp") and read.inputs and \
-                read.inputs[0].op.type in _VARIABLE_OPS:
+        if read.type in registry.READ_OPS and read.inputs and \
+                read.inputs[0].op.type in registry.VARIABLE_OPS:
             old = f"{read.inputs[0].op.name}/wquant/{ops.HIST_SUFFIX}"
             if old != hist.op.name:
                 names[hist.op.name] = old

@@ -11,7 +11,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from decent_q import calibrate, inputs
+from decent_q import calibrate, inputs, registry
 from decent_q.errors import ConfigError, QuantizeError, op_error_text
 from decent_q.graph import utils
 from decent_q.graph.utils import node_name, tensor_name
@@ -64,7 +64,7 @@ def check_frozen(graph_def, config):
             continue
         seen.add(name)
         node = node_map[name]
-        if node.op in _VARIABLE_OPS:
+        if node.op in registry.VARIABLE_OPS:
             variables.append(name)
         stack.extend(node.input)
     if variables:
@@ -76,8 +76,6 @@ def check_frozen(graph_def, config):
             "--input_checkpoint model.ckpt --input_binary true --output_graph frozen.pb "
             f"--output_node_names {','.join(config.output_nodes)}'")
 
-
-_VARIABLE_OPS = frozenset({"VariableV2", "Variable", "VarHandleOp"})
 
 
 def set_input_shapes(graph_def, config):

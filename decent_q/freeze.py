@@ -154,6 +154,7 @@ def _freeze_with_tensorflow(graph_def, checkpoint, outputs):
 def _restore(sess, graph, checkpoint):
     """Assigns the checkpoint's values to the graph's variables (ref and resource)."""
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    from decent_q import registry  # pylint: disable=import-outside-toplevel
     reader = _reader(checkpoint)
     assigns = []
     with graph.as_default():
@@ -165,7 +166,7 @@ def _restore(sess, graph, checkpoint):
             value = tf.constant(reader.get_tensor(key))
             if op.type == "VarHandleOp":
                 assigns.append(tf.raw_ops.AssignVariableOp(resource=op.outputs[0], value=value))
-            elif op.type in ("VariableV2", "Variable"):
+            elif op.type in registry.VARIABLE_OPS:  # ref variables
                 assigns.append(tf.raw_ops.Assign(ref=op.outputs[0], value=value))
     if not assigns:
         raise QuantizeError(f"checkpoint {checkpoint} holds none of the graph's variables; "

@@ -9,12 +9,13 @@ import collections
 import dataclasses
 import os
 
+from decent_q import registry
 from decent_q.config import QuantizeConfig
 from decent_q.graph import utils
 
 # Sinks that are not outputs: bookkeeping ops.
-_NOT_OUTPUTS = frozenset({"Const", "NoOp", "Assign", "AssignVariableOp", "SaveV2", "RestoreV2",
-                          "VarHandleOp", "VariableV2"})
+_NOT_OUTPUTS = registry.VARIABLE_OPS | frozenset({"Const", "NoOp", "Assign", "AssignVariableOp",
+                                                  "SaveV2", "RestoreV2"})
 
 
 def inspect_graph(input_frozen_graph, config=None):

@@ -8,20 +8,23 @@ input and output nodes) are never removed or renamed.
 import numpy as np
 import tensorflow as tf
 
+from decent_q import registry
 from decent_q.graph import utils
 from decent_q.graph.utils import is_control, node_name, tensor_name
 from decent_q.transforms import inline_functions
 
 _PASS_OPS = frozenset({"Identity", "IdentityN", "CheckNumerics", "StopGradient", "Snapshot"})
 # Ops never folded although their inputs are constant.
-_NOT_FOLDABLE = frozenset({"Const", "Placeholder", "PlaceholderWithDefault", "VariableV2",
-                           "VarHandleOp", "RandomUniform", "RandomStandardNormal",
-                           "TruncatedNormal", "RandomUniformInt", "FixNeuron",
-                           "FixNeuronDynamic", "Assign", "AssignAdd", "NoOp",
-                           # control flow: evaluating one outside its frame is wrong
-                           "Enter", "RefEnter", "Exit", "RefExit", "Switch", "RefSwitch",
-                           "Merge", "RefMerge", "NextIteration", "RefNextIteration",
-                           "LoopCond", "ControlTrigger"})
+_NOT_FOLDABLE = registry.VARIABLE_OPS | frozenset({
+    "Const", "Placeholder",
+    "PlaceholderWithDefault", "RandomUniform", "RandomStandardNormal",
+    "TruncatedNormal", "RandomUniformInt", "FixNeuron",
+    "FixNeuronDynamic", "Assign", "AssignAdd", "NoOp",
+    # control flow: evaluating one outside its frame is wrong
+    "Enter", "RefEnter", "Exit", "RefExit", "Switch", "RefSwitch",
+    "Merge", "RefMerge", "NextIteration", "RefNextIteration",
+    "LoopCond", "ControlTrigger"
+})
 
 
 def _bypass(graph_def, replace):
