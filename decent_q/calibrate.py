@@ -8,7 +8,7 @@ runs a user's graph uses (the float check, calibration, dump).
 import tensorflow as tf
 
 from decent_q import inputs, ops
-from decent_q import plan as plan_lib
+from decent_q import appliers
 from decent_q.errors import QuantizeError, op_error_text
 from decent_q.graph import utils
 
@@ -27,7 +27,7 @@ def calibrate_positions(graph_def, plan, batches, config, progress=None, s_confi
     """
     graph = utils.import_graph(graph_def)
     with graph.as_default():
-        built = plan_lib.apply_to_graph(graph, plan, ops.Phase.CALIB,
+        built = appliers.apply_to_graph(graph, plan, ops.Phase.CALIB,
                                         arch_type=config.arch_type,
                                         impl=config.fix_neuron_impl)
         hists = ops.histogram_variables(graph)

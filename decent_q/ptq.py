@@ -5,7 +5,7 @@
       -> inference clean-up, batch-norm folding            (transforms.prepare_float_graph)
       -> plan: where FixNeurons go                           (plan.plan_quantization)
       -> calibrate: CALIB FixNeurons, histogram per point    (calibrate.calibrate_positions)
-      -> eval model: EVAL FixNeurons with the kept positions  (plan.apply_to_graph_def)
+      -> eval model: EVAL FixNeurons with the kept positions  (appliers.apply_to_graph_def)
       -> position passes, deploy model, both files written  (write.write_models)
       -> summary                                             (report.log_summary)
 """
@@ -16,6 +16,7 @@ import os
 import time
 
 from decent_q import calibrate, checks, inputs, report, transforms, write
+from decent_q import appliers
 from decent_q import plan as plan_lib
 from decent_q.errors import ConfigError, QuantizeError
 from decent_q.graph import utils
@@ -65,7 +66,7 @@ def quantize_frozen(input_frozen_graph, input_fn, config=None, s_config=None, sk
     log.info("calibrating %d FixNeurons on %d batches from %s", len(plan.points),
              config.calib_iter, fn_name)
     positions = _calibrate(float_gd, plan, batches, config, s_config, progress)
-    eval_gd = plan_lib.apply_to_graph_def(float_gd, plan, positions, arch_type=config.arch_type)
+    eval_gd = appliers.apply_to_graph_def(float_gd, plan, positions, arch_type=config.arch_type)
     paths = write.write_models(eval_gd, config)
     report.log_summary(plan, paths, time.time() - start)
     return paths

@@ -32,6 +32,7 @@ import os
 import tensorflow as tf
 
 from decent_q import checkpoints, ops, write
+from decent_q import appliers
 from decent_q import plan as plan_lib
 from decent_q.config import DEFAULTS, QuantizeConfig
 from decent_q.errors import ConfigError, QuantizeError
@@ -228,7 +229,7 @@ def _rewrite(graph, config, phase):
         raise QuantizeError("no conv / depthwise / MatMul layer found between input_nodes "
                             f"{config.input_nodes} and output_nodes {config.output_nodes}; "
                             "check the node names")
-    plan_lib.apply_to_graph(graph, plan, phase, arch_type=config.arch_type,
+    appliers.apply_to_graph(graph, plan, phase, arch_type=config.arch_type,
                             impl=config.fix_neuron_impl)
     if phase == ops.Phase.TRAIN:
         # A loss built after the rewrite from the user's Python `logits` tensor reads the float

@@ -7,6 +7,7 @@ import pytest
 import tensorflow as tf
 
 from decent_q import calibrate
+from decent_q import appliers
 from decent_q import plan as plan_lib
 from decent_q.config import QuantizeConfig
 from decent_q.graph import quantized, utils
@@ -58,7 +59,7 @@ def eval_model(pi, pw, pb, po, op="conv"):
     positions.update({LAYER["weight"]: pw, LAYER["bias"]: pb, LAYER["output"]: po})
     input_point = next(l.input_point for l in plan.layers)
     positions[input_point] = pi
-    return plan_lib.apply_to_graph_def(gd, plan, positions), input_point
+    return appliers.apply_to_graph_def(gd, plan, positions), input_point
 
 
 def pos(graph_def, name):
@@ -149,7 +150,7 @@ def test_calibrated_zero_bias_gets_a_valid_position():
     x = RNG.uniform(-1, 1, [2, 8, 8, 3]).astype(np.float32)
     positions = calibrate.calibrate_positions(gd, plan, lambda step: {"input": x}, config)
     assert positions[LAYER["bias"]] == 127
-    model = plan_lib.apply_to_graph_def(gd, plan, positions)
+    model = appliers.apply_to_graph_def(gd, plan, positions)
     out = adjust_positions(model, config)
     layer = quantized.find_layers(out)[0]
     p = quantized.positions(out)

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from decent_q import appliers
 from decent_q import plan as plan_lib
 from decent_q.config import QuantizeConfig
 from decent_q.graph import quantized
@@ -42,7 +43,7 @@ def eval_model():
     plan = plan_lib.plan_quantization(gd, config)
     # distinct positions everywhere
     positions = {p.name: i for i, p in enumerate(plan.points)}
-    return plan_lib.apply_to_graph_def(gd, plan, positions)
+    return appliers.apply_to_graph_def(gd, plan, positions)
 
 
 def cfg(mode):

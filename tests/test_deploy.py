@@ -6,6 +6,7 @@ import tensorflow as tf
 
 import helpers
 from decent_q import calibrate, transforms
+from decent_q import appliers
 from decent_q import plan as plan_lib
 from decent_q.deploy import deploy_graph_def
 from decent_q.graph import quantized, utils
@@ -15,7 +16,7 @@ def eval_model(graph_def, cfg):
     float_gd = transforms.prepare_float_graph(graph_def, cfg)
     plan = plan_lib.plan_quantization(float_gd, cfg)
     positions = calibrate.calibrate_positions(float_gd, plan, helpers.input_fn, cfg)
-    return plan_lib.apply_to_graph_def(float_gd, plan, positions)
+    return appliers.apply_to_graph_def(float_gd, plan, positions)
 
 
 def fix_values(eval_gd, names):

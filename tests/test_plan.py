@@ -7,6 +7,7 @@ import pytest
 import tensorflow as tf
 
 from decent_q import ops
+from decent_q import appliers
 from decent_q import plan as plan_lib
 from decent_q.config import QuantizeConfig
 from decent_q.errors import QuantizeError
@@ -229,7 +230,7 @@ def test_apply_to_graph_def_rewires_and_keeps_output_names():
     gd = build(lambda x: conv(conv(x, 3, "c1"), 3, "c2"))
     plan = plan_of(gd, ["c2/act"])
     positions = {p.name: 4 for p in plan.points}
-    out = plan_lib.apply_to_graph_def(gd, plan, positions)
+    out = appliers.apply_to_graph_def(gd, plan, positions)
     nodes = {n.name: n for n in out.node}
     assert nodes["c2/conv"].input[0] == "c1/act/aquant"
     assert nodes["c2/conv"].input[1] == "c2/weights/wquant"
@@ -238,7 +239,7 @@ def test_apply_to_graph_def_rewires_and_keeps_output_names():
     x = RNG.standard_normal([2, 8, 8, 3]).astype(np.float32)
     y = _run(out, "c2/act/aquant:0", x)
     assert np.array_equal(y, np.clip(np.floor(y * 16 + 0.5), -128, 127) / 16)
-    assert plan_lib.output_aliases(plan, ["c2/act"]) == {"c2/act": "c2/act/aquant"}
+    assert appliers.output_aliases(plan, ["c2/act"]) == {"c2/act": "c2/act/aquant"}
 
 
 def test_apply_to_graph_live_matches_apply_to_graph_def():
@@ -248,7 +249,7 @@ def test_apply_to_graph_live_matches_apply_to_graph_def():
     graph = tf.Graph()
     with graph.as_default():
         tf.graph_util.import_graph_def(gd, name="")
-        built = plan_lib.apply_to_graph(graph, plan, ops.Phase.CALIB)
+        built = appliers.apply_to_graph(graph, plan, ops.Phase.CALIB)
         assert graph.get_operation_by_name("c2/conv").inputs[0].name == "c1/act/aquant:0"
         with tf.compat.v1.Session() as sess:
             sess.run(tf.compat.v1.global_variables_initializer())
@@ -256,7 +257,7 @@ def test_apply_to_graph_live_matches_apply_to_graph_def():
             hists = sess.run(ops.histogram_variables(graph))
     assert sorted(hists) == sorted(names(plan))
     positions = {k: ops.kept_position_np(v) for k, v in hists.items()}
-    frozen = _run(plan_lib.apply_to_graph_def(gd, plan, positions), "c2/act/aquant:0", x)
+    frozen = _run(appliers.apply_to_graph_def(gd, plan, positions), "c2/act/aquant:0", x)
     assert np.array_equal(live, frozen)
 
 

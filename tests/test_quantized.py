@@ -1,9 +1,10 @@
-"""graph/quantized.py: reading eval models (EVAL FixNeurons) built by plan.apply_to_graph_def."""
+"""graph/quantized.py: reading eval models (EVAL FixNeurons) built by appliers.apply_to_graph_def."""
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
+from decent_q import appliers
 from decent_q import plan as plan_lib
 from decent_q.config import QuantizeConfig
 from decent_q.graph import quantized
@@ -44,7 +45,7 @@ def eval_model(fn, outputs, shape=(None, 8, 8, 3)):
                          input_shapes=[[-1] + list(shape[1:])])
     plan = plan_lib.plan_quantization(gd, cfg)
     positions = {p.name: i for i, p in enumerate(plan.points)}
-    return plan_lib.apply_to_graph_def(gd, plan, positions), plan
+    return appliers.apply_to_graph_def(gd, plan, positions), plan
 
 
 @pytest.mark.parametrize("act", [tf.nn.relu, tf.nn.relu6, tf.nn.leaky_relu, "leaky_max", None])

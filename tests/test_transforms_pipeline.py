@@ -7,6 +7,7 @@ import tensorflow as tf
 import tf_slim as slim
 
 from decent_q import calibrate
+from decent_q import appliers
 from decent_q import plan as plan_lib
 from decent_q.config import QuantizeConfig
 from decent_q.graph import quantized, utils
@@ -75,7 +76,7 @@ def test_pipeline(pool, do_cle, simulate):
     plan = plan_lib.plan_quantization(prepared, config)
     positions = calibrate.calibrate_positions(prepared, plan, lambda i: {"input": xs[i]},
                                               config)
-    model = plan_lib.apply_to_graph_def(prepared, plan, positions)
+    model = appliers.apply_to_graph_def(prepared, plan, positions)
     final = adjust_positions(model, config)
     quant_out = run(final, xs[0], f"{OUT}/aquant")
     assert np.abs(quant_out - float_out).max() < 0.1 * scale

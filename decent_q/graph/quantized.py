@@ -3,7 +3,7 @@
 The position passes (align_concat, adjust_shift_cut, adjust_shift_bias) and the deploy writer
 reason about FixNeurons and compute layers of such a graph. A compute layer is the declared
 form of :mod:`decent_q.layers` (the planner's), with FixNeurons around it, as
-:func:`decent_q.plan.apply_to_graph_def` writes it::
+:func:`decent_q.appliers.apply_to_graph_def` writes it::
 
     input FixNeuron --[Reshape | ExpandDims | Squeeze | Identity | SpaceToBatchND]--+
     weight FixNeuron --[Identity]--> compute op [-> BatchToSpaceND]
