@@ -8,6 +8,9 @@
       -> eval model: EVAL FixNeurons with the kept positions  (appliers.apply_to_graph_def)
       -> position passes, deploy model, both files written  (write.write_models)
       -> summary                                             (report.log_summary)
+
+:func:`calibrate_frozen` is every step up to the eval model; the per-layer error analysis
+(:mod:`decent_q.analysis`) starts from it too.
 """
 
 import dataclasses
@@ -51,6 +54,34 @@ def quantize_frozen(input_frozen_graph, input_fn, config=None, s_config=None, sk
         what to fix.
     """
     start = time.time()
+    done = calibrate_frozen(input_frozen_graph, input_fn, config, s_config, skip_check, progress)
+    paths = write.write_models(done.eval_graph_def, done.config)
+    report.log_summary(done.plan, paths, time.time() - start)
+    return paths
+
+
+@dataclasses.dataclass(frozen=True)
+class Calibrated:
+    """What post-training quantization has before the position passes and the files."""
+    config: object           # the QuantizeConfig, skip_check applied
+    s_config: object         # the session ConfigProto or None
+    graph_def: object        # the user's GraphDef, checked, with input_shapes set
+    float_graph_def: object  # the prepared float GraphDef (transforms.prepare_float_graph)
+    plan: object             # its plan_lib.Plan
+    eval_graph_def: object   # EVAL FixNeurons with the calibrated positions
+    input_fn: object         # the loaded callable(step)
+    input_fn_name: str
+
+
+def calibrate_frozen(input_frozen_graph, input_fn, config=None, s_config=None, skip_check=None,
+                     progress=True):
+    """The steps of :func:`quantize_frozen` before anything is written: checks, float passes,
+    plan, calibration, eval GraphDef. Arguments and errors as quantize_frozen's.
+
+    Returns:
+      A :class:`Calibrated`; its eval GraphDef has not been through the position passes
+      (transforms.adjust_positions) yet.
+    """
     config, s_config = _checked_options(config, s_config, skip_check)
     fn, fn_name = inputs.load_input_fn(input_fn)
     graph_def = _checked_graph(input_frozen_graph, config)
@@ -67,9 +98,7 @@ def quantize_frozen(input_frozen_graph, input_fn, config=None, s_config=None, sk
              config.calib_iter, fn_name)
     positions = _calibrate(float_gd, plan, batches, config, s_config, progress)
     eval_gd = appliers.apply_to_graph_def(float_gd, plan, positions, arch_type=config.arch_type)
-    paths = write.write_models(eval_gd, config)
-    report.log_summary(plan, paths, time.time() - start)
-    return paths
+    return Calibrated(config, s_config, graph_def, float_gd, plan, eval_gd, fn, fn_name)
 
 
 def _checked_options(config, s_config, skip_check):

@@ -17,8 +17,9 @@ log = logging.getLogger("decent_q")
 class Progress:
     """A one-line progress bar with batches/s on stderr, shown only on a terminal."""
 
-    def __init__(self, total, enabled=True, stream=None):
+    def __init__(self, total, enabled=True, stream=None, label="calibration"):
         self.total = total
+        self.label = label
         self.stream = stream or sys.stderr
         self.enabled = bool(enabled) and hasattr(self.stream, "isatty") and self.stream.isatty()
         self.start = time.time()
@@ -31,7 +32,7 @@ class Progress:
         rate = done / max(time.time() - self.start, 1e-9)
         width = 30
         filled = int(width * done / self.total)
-        self.stream.write(f"\r[decent_q] calibration [{'#' * filled}{'.' * (width - filled)}] "
+        self.stream.write(f"\r[decent_q] {self.label} [{'#' * filled}{'.' * (width - filled)}] "
                           f"{done}/{self.total} {rate:.1f} batches/s")
         self.stream.flush()
         self.shown = True

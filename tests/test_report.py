@@ -19,6 +19,7 @@ def test_progress_bar_only_on_a_terminal():
         bar.update(step)
     bar.close()
     assert "4/4" in tty.getvalue() and "batches/s" in tty.getvalue()
+    assert "[decent_q] calibration [" in tty.getvalue()
     assert tty.getvalue().endswith("\n")
     plain = io.StringIO()
     bar = report.Progress(4, stream=plain)
@@ -29,6 +30,10 @@ def test_progress_bar_only_on_a_terminal():
     bar = report.Progress(4, enabled=False, stream=quiet)
     bar.update(0)
     assert quiet.getvalue() == ""
+    labelled = _Tty()
+    bar = report.Progress(2, stream=labelled, label="analysis")
+    bar.update(0)
+    assert labelled.getvalue().startswith("\r[decent_q] analysis [")
 
 
 def test_summary_is_logged(tmp_path, caplog):
