@@ -48,7 +48,10 @@ setup(
         "tf-slim>=1.1",
         "numpy",
     ],
-    extras_require={"test": ["pytest", "mlxtend", "hypothesis"], "examples": ["mlxtend"]},
+    # matplotlib draws analyze_report.png (vai_q_tensorflow analyze); without it the report
+    # has its Markdown and JSON files only.
+    extras_require={"test": ["pytest", "mlxtend", "hypothesis", "matplotlib"],
+                    "examples": ["mlxtend"], "analyze": ["matplotlib"]},
     entry_points={"console_scripts": [
         "vai_q_tensorflow=_decent_q_entry:vai_q_tensorflow",
         "decent_q=_decent_q_entry:vai_q_tensorflow",

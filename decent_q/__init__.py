@@ -23,6 +23,7 @@ from decent_q.qat import (CreateQuantizeDeployGraph, CreateQuantizeEvaluationGra
                           CreateQuantizeTrainingGraph)
 from decent_q.ptq import quantize_frozen
 from decent_q.dump import dump as dump_simulation
+from decent_q.analysis import analyze
 from decent_q.inspection import inspect_graph
 from decent_q.python.decent_q import (check_float_graph, deploy_checkpoint, inspect,
                                       quantize_evaluate, quantize_train)
@@ -43,6 +44,7 @@ __all__ = [
     "CreateQuantizeDeployGraph",
     "quantize_frozen",
     "dump_simulation",
+    "analyze",
     "inspect_graph",
     # the original's functional API (decent_q.python.decent_q)
     "quantize_train",

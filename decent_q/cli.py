@@ -5,6 +5,8 @@
     vai_q_tensorflow inspect --input_frozen_graph frozen.pb
     vai_q_tensorflow dump --input_frozen_graph quantize_results/quantize_eval_model.pb \\
         --input_fn my_input_fn.dump_input --max_dump_batches 1 --dump_float 0
+    vai_q_tensorflow analyze --input_frozen_graph frozen.pb --input_nodes input \\
+        --output_nodes logits --input_shapes ?,224,224,3 --input_fn my_input_fn.calib_input
 
 Quantization options come from :data:`decent_q.config.OPTIONS`, so the CLI and the Python API
 share their defaults. Exit status: 0 success, 2 usage error, 1 failure, 130 interrupted
@@ -29,12 +31,15 @@ _COMMANDS = {
                 "and deploy_model.pb",
     "inspect": "list op types, estimated input/output nodes and what would be quantized",
     "dump": "dump the simulation results of a quantize_eval_model.pb per batch",
+    "analyze": "per-layer quantization error (SQNR with weights only, activations only and "
+               "both quantized) of a frozen graph: writes analyze_report.md, .json and .png "
+               "and prints the table",
 }
 
 
 def build_parser(prog="vai_q_tensorflow"):
-    """The argument parser: subcommands quantize, inspect, dump; every QuantizeConfig option
-    whose metadata says cli=True."""
+    """The argument parser: subcommands quantize, inspect, dump, analyze; every QuantizeConfig
+    option whose metadata says cli=True."""
     common = argparse.ArgumentParser(add_help=False)
     files = common.add_argument_group("files")
     files.add_argument("--input_frozen_graph", required=True,
@@ -66,7 +71,7 @@ def build_parser(prog="vai_q_tensorflow"):
         prog=prog, description="decent_q (vai_q_tensorflow): power-of-two quantization of "
                                "TensorFlow frozen graphs for DPUs.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="{quantize,inspect,dump}")
+    sub = parser.add_subparsers(dest="command", metavar="{" + ",".join(_COMMANDS) + "}")
     sub.required = True
     for name, help_text in _COMMANDS.items():
         sub.add_parser(name, parents=[common], help=help_text, description=help_text)
@@ -98,6 +103,14 @@ def _dump(args, config):
     from decent_q.dump import dump  # pylint: disable=import-outside-toplevel
     dump(args.input_frozen_graph, args.input_fn, config.max_dump_batches,
               config.dump_float, config.output_dir, config.dump_input_tensors, config=config)
+
+
+def _analyze(args, config):
+    from decent_q import analysis, analysis_report  # pylint: disable=import-outside-toplevel
+    result = analysis.analyze(args.input_frozen_graph, args.input_fn, config,
+                              progress=not args.quiet)
+    if not args.quiet:
+        print(analysis_report.markdown(result), end="")
 
 
 def _setup_logging(quiet, debug):
@@ -148,7 +161,8 @@ def main(argv=None):
         if args.command != "inspect" and not args.input_fn:
             raise ConfigError(f"{args.command} needs --input_fn module_name.function_name, "
                               "e.g. --input_fn my_input_fn.calib_input")
-        {"quantize": _quantize, "inspect": _inspect, "dump": _dump}[args.command](args, config)
+        {"quantize": _quantize, "inspect": _inspect, "dump": _dump,
+         "analyze": _analyze}[args.command](args, config)
     except ConfigError as err:
         _error(err, args.debug)
         return 2
