@@ -58,24 +58,30 @@ class NameTables:
 
 
 def _suggestion(table, name, plan, node_map):
-    """The name that would work instead of `name`, as a phrase, or ''."""
+    """Why the entry does nothing and the name that would work, as a phrase; None where the
+    entry still has an effect (deploy marks every ignore_nodes node outside a layer)."""
     for layer in plan.layers:
         if name in layer.nodes and name != layer.compute:
             if table == "ignore_nodes":
                 return (f"it is inside layer {layer.compute!r}; name the compute op "
                         f"{layer.compute!r} to leave the layer float")
             return (f"it is inside layer {layer.compute!r}; name its output "
-                    f"{layer.nodes[-1]!r} (the activation) or its compute op "
-                    f"{layer.compute!r} (weights and bias)")
+                    f"{layer.nodes[-1]!r} (the layer's output) or its compute op "
+                    f"{layer.compute!r} (its weights)")
     for layer in plan.layers:
         point = layer.weight_point and plan.point(layer.weight_point)
         if point is not None and name in _sources(node_map, point.tensor):
             return (f"it holds the weights of layer {layer.compute!r}, which are quantized as "
                     f"{point.tensor!r}; name that tensor's node or the compute op "
                     f"{layer.compute!r}")
+    if table == "ignore_nodes":
+        return None
     if name not in plan.range_nodes:
         return "it is not between input_nodes and output_nodes, where decent_q quantizes"
-    return f"decent_q leaves it float ({plan.float_nodes.get(name, 'not quantized')})"
+    if name in plan.float_nodes:
+        return f"decent_q leaves it float ({plan.float_nodes[name]})"
+    return ("it is quantized once together with the op that reads it (e.g. Add + Relu, "
+            "AvgPool * DPU factor): name that op")
 
 
 def _sources(node_map, tensor, depth=4):
@@ -94,7 +100,9 @@ def warn_unused(names, plan, node_map):
     docstring); returns the warnings."""
     messages = []
     for table, name in names.unused():
-        messages.append(f"{table} entry {name!r} has no effect: {_suggestion(table, name, plan, node_map)}")
+        why = _suggestion(table, name, plan, node_map)
+        if why is not None:
+            messages.append(f"{table} entry {name!r} has no effect: {why}")
     for message in messages:
         log.warning("%s", message)
     return messages

@@ -120,6 +120,7 @@ class _Finder:
         self.float_nodes: Dict[str, str] = {}
         self.quantized = {}  # tensor -> name of the point that quantizes it for all consumers
         self.done = set()  # nodes handled as part of a layer
+        self.output_names = {}  # declared layer output -> its point's name in both QAT graphs
         self.shape_nodes = set()  # integer shape arithmetic (from Shape ops)
 
     # -- classification -------------------------------------------------------------------
@@ -262,8 +263,10 @@ class _Finder:
                 bias_point = self.bias_point(conv, found)
         output_name = None
         if declared is not None and found.last == declared.nodes[-1]:
-            # No activation: named as the evaluation graph's point on F/BiasAdd.
+            # No activation: named as the evaluation graph's point on F/BiasAdd (also where
+            # the next layer quantizes it as its input, if this layer is ignored).
             output_name = point_name(declared.output_name, "aquant")
+            self.output_names[tensor_name(found.last)] = output_name
         output_point = None if ignored else self.add_activation(found.last, output_name)
         if ignored:
             self.float_nodes[conv.name] = "in ignore_nodes"
@@ -281,7 +284,7 @@ class _Finder:
         if point is None and tensor not in self.quantized and not self.names.ignored(producer):
             point = self.add(tensor, "activation", Mode.ACTIVATION,
                              self.names.bits(producer, self.config.activation_bit),
-                             self.names.method(producer))
+                             self.names.method(producer), name=self.output_names.get(tensor))
         return point
 
     def weight_point(self, conv, weight, declared):

@@ -5,6 +5,8 @@ into weights. (BatchNormWithGlobalNormalization, the fourth form, is folded by b
 current TensorFlow cannot build it in a graph (removed at GraphDef version 9): it only comes in
 old frozen graphs, see test_fold_batch_norms.)"""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -109,3 +111,37 @@ def test_a_batch_norm_without_a_layer_is_named_and_left(caplog):
     # post-training makes it x * scale + offset (quantized once, after the offset)
     prepared = transforms.prepare_float_graph(frozen(graph), CONFIG)
     assert {"Mul", "BiasAdd"} <= {n.op for n in prepared.node}
+
+
+def _not_batch_norms(kind):
+    def net(x):
+        import tf_keras  # pylint: disable=import-outside-toplevel
+        if kind == "layer_norm":  # eps < 1.001e-5: tf.nn.batch_normalization's ops, not fused
+            y = tf_keras.layers.Dense(4, name="dense")(tf.reshape(x, [-1, 192]))
+            return tf_keras.layers.LayerNormalization(epsilon=1e-6, name="ln")(y)
+        if kind == "cond_batch_norm":  # the training flag is a tensor: tf.cond
+            flag = tf.compat.v1.placeholder_with_default(True, [], name="training")
+            y = tf_keras.layers.Dense(4, name="dense")(tf.reshape(x, [-1, 192]))
+            return tf_keras.layers.BatchNormalization(name="bn")(y, training=flag)
+        w = tf.compat.v1.get_variable("w", [3, 3, 3, 4])  # a detection grid decode
+        grid = tf.constant(np.arange(256, dtype=np.float32).reshape([1, 8, 8, 4]))
+        return tf.nn.conv2d(x, w, 1, "SAME") * 2.0 + grid
+    return net
+
+
+@pytest.mark.parametrize("kind", ["layer_norm", "cond_batch_norm", "grid_offset"])
+def test_normalisations_that_are_not_foldable_batch_norms_stay_float(kind, tmp_path):
+    """Layer norm (moments over the channels), a batch norm inside a tf.cond and a per-position
+    offset have no moving statistics / per-channel form to fold: QAT leaves them float and
+    its graphs build (an evaluation graph with a tf.cond on the training flag is refused, as
+    before)."""
+    rewrites = [decent_q.CreateQuantizeTrainingGraph, decent_q.CreateQuantizeEvaluationGraph]
+    for rewrite in rewrites[:1] if kind == "cond_batch_norm" else rewrites:
+        graph = tf.Graph()
+        with graph.as_default():
+            x = tf.compat.v1.placeholder(tf.float32, [None, 8, 8, 3], name="input")
+            tf.identity(_not_batch_norms(kind)(x), name="out")
+            assert [bn for bn, layer in batch_norms.find_batch_norms(graph)
+                    if layer is not None] == []
+            rewrite(config=dataclasses.replace(CONFIG, output_dir=str(tmp_path)))
+            assert not [op for op in graph.get_operations() if "BatchNorm_Fold" in op.name]

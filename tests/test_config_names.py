@@ -3,6 +3,7 @@ with the name that would work; nodes_method on an input node is rejected."""
 
 import logging
 
+import numpy as np
 import pytest
 import tensorflow as tf
 import tf_slim as slim
@@ -82,3 +83,61 @@ def test_qat_folded_layers_answer_to_the_users_names(tmp_path, caplog, is_traini
     assert not [r for r in caplog.records if "has no effect" in r.getMessage()]
     assert points["conv/BatchNorm_Fold/weights/wquant"] == (4, 0)
     assert not any(name.startswith("conv2/") and "wquant" in name for name in points)
+
+
+def test_ignore_nodes_on_a_float_node_is_not_reported(caplog):
+    """Deploy marks every ignored node outside a layer (quantize_ignored): that entry works."""
+    _, warnings = plan_with(caplog, ignore_nodes=["prob", "gap"])
+    assert warnings == []
+
+
+def test_an_entry_on_an_op_quantized_with_its_reader_names_the_reader(caplog):
+    graph = tf.Graph()
+    with graph.as_default():
+        x = tf.compat.v1.placeholder(tf.float32, [None, 8, 8, 3], name="input")
+        w = tf.constant(np.ones([1, 1, 3, 3], np.float32))
+        y = tf.nn.conv2d(x, w, 1, "SAME", name="conv")
+        tf.nn.relu(tf.add(y, x, name="add"), name="out")
+    config = decent_q.QuantizeConfig(input_nodes=["input"], output_nodes=["out"],
+                                     input_shapes=[[-1, 8, 8, 3]], nodes_bit={"add": 4})
+    with caplog.at_level(logging.WARNING, logger="decent_q"):
+        plan_lib.plan_quantization(graph.as_graph_def(), config)
+    assert any("'add' has no effect: it is quantized once together with the op that reads it"
+               in r.getMessage() for r in caplog.records)
+
+
+def test_a_folded_layer_without_activation_keeps_its_names_when_ignored(tmp_path, caplog):
+    """conv1 + batch norm, no activation, read by conv2: with conv1 ignored, conv2's input
+    point has the same name in the training and the evaluation graph, so the evaluation graph
+    deploys from the training checkpoint; nodes_bit on the batch norm (the layer's output in
+    the user's graph) sets the same width in both graphs."""
+    config = dict(ignore_nodes=["conv1/Conv2D"],
+                  nodes_bit={"conv2/BatchNorm/FusedBatchNormV3": 6})
+    names = []
+    for training in (True, False):
+        with tf.Graph().as_default() as graph:
+            x = tf.compat.v1.placeholder(tf.float32, [None, 8, 8, 3], name="input")
+            bn = {"is_training": training}
+            y = slim.conv2d(x, 4, 3, scope="conv1", activation_fn=None,
+                            normalizer_fn=slim.batch_norm, normalizer_params=bn)
+            y = slim.conv2d(y, 4, 3, scope="conv2", activation_fn=None,
+                            normalizer_fn=slim.batch_norm, normalizer_params=bn)
+            tf.identity(y, name="out")
+            q_config = decent_q.QuantizeConfig(
+                input_nodes=["input"], output_nodes=["out"], input_shapes=[[-1, 8, 8, 3]],
+                output_dir=str(tmp_path), **config)
+            if training:
+                decent_q.CreateQuantizeTrainingGraph(config=q_config)
+                with tf.compat.v1.Session() as sess:
+                    sess.run(tf.compat.v1.global_variables_initializer())
+                    sess.run(tf.compat.v1.get_collection(tf.compat.v1.GraphKeys.UPDATE_OPS),
+                             {x: np.ones([2, 8, 8, 3], np.float32)})  # one step: histograms
+                    ckpt = tf.compat.v1.train.Saver().save(sess, str(tmp_path / "model.ckpt"))
+            else:
+                decent_q.CreateQuantizeEvaluationGraph(config=q_config)
+                decent_q.CreateQuantizeDeployGraph(checkpoint=ckpt, config=q_config)
+        names.append({op.name[:-len("/fix")]: op.get_attr("bit_width")
+                      for op in graph.get_operations() if op.name.endswith("/fix")})
+    assert names[0] == names[1]
+    assert names[0]["conv1/BatchNorm_Fold/BiasAdd/aquant"] == 8
+    assert names[0]["conv2/BatchNorm_Fold/BiasAdd/aquant"] == 6

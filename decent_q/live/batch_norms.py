@@ -10,7 +10,9 @@ moving-average updates of the batch statistics assign.
 import dataclasses
 from typing import List, Optional
 
+import numpy as np
 import tensorflow as tf
+from tensorflow.python.framework import tensor_util  # pylint: disable=no-name-in-module
 
 from decent_q import layers
 from decent_q import registry
@@ -18,6 +20,8 @@ from decent_q.errors import QuantizeError
 from decent_q.graph import pattern
 
 _ASSIGN_SUB_OPS = ("AssignSub", "AssignSubVariableOp")
+_CONTROL_FLOW_OPS = frozenset({"Switch", "Merge", "RefSwitch", "RefMerge", "Enter", "Exit",
+                               "If", "StatelessIf", "While", "StatelessWhile"})
 
 
 @dataclasses.dataclass
@@ -98,21 +102,41 @@ def _describe(graph, form, found):
         gamma = op.inputs[4] if op.get_attr("scale_after_normalization") else None
         return BatchNorm(form, op, op.inputs[0], [op], gamma, op.inputs[3],
                           op.get_attr("variance_epsilon"), False, op.inputs[1], op.inputs[2])
+    ops = [graph.get_operation_by_name(n) for n in found.ops]
     if form == "scale_offset":
-        return BatchNorm(form, op, tensor(found["x"]), [graph.get_operation_by_name(n)
-                                                          for n in found.ops],
-                          tensor(found["scale"]), tensor(found["offset"]), None, False, None,
-                          None, graph.get_operation_by_name(found["mul"]))
+        scale, offset = tensor(found["scale"]), tensor(found["offset"])
+        if not all(t.shape.rank is not None and t.shape.rank <= 1 for t in (scale, offset)):
+            return None  # a per-position offset (e.g. a detection grid), not a batch norm
+        return BatchNorm(form, op, tensor(found["x"]), ops, scale, offset, None, False, None,
+                         None, graph.get_operation_by_name(found["mul"]))
     mean, variance = tensor(found["mean"]), tensor(found["variance"])
     training = not (is_parameter(mean) and is_parameter(variance))
     x = tensor(found["x"])
-    ops = [graph.get_operation_by_name(n) for n in found.ops]
+    bn = BatchNorm(form, op, x, ops, tensor(found["gamma"]) if "gamma" in found.captures
+                   else None, tensor(found["beta"]) if "beta" in found.captures else None,
+                   tensor(found["epsilon"]), training, mean, variance,
+                   graph.get_operation_by_name(found["mul"]))
     if training:
-        ops += _statistics_ops(x, (mean, variance))
-    return BatchNorm(form, op, x, ops, tensor(found["gamma"]) if "gamma" in found.captures
-                      else None, tensor(found["beta"]) if "beta" in found.captures else None,
-                      tensor(found["epsilon"]), training, mean, variance,
-                      graph.get_operation_by_name(found["mul"]))
+        bn.ops += _statistics_ops(x, (mean, variance))
+        if not _batch_moments(bn):
+            return None  # layer / group / instance norm, or a batch norm inside a tf.cond
+    return bn
+
+
+def _batch_moments(bn):
+    """Whether an unfused training normalisation is a batch norm this fold can fold: its
+    statistics are moments of x over every axis but the channels (tf.nn.moments), computed
+    outside control flow, and moving-average updates of variables read them."""
+    if any(op.type in _CONTROL_FLOW_OPS for op in bn.ops + [bn.x.op]):
+        return False
+    means = [op for op in bn.ops if op.type == "Mean" and op.inputs[0] is bn.x]
+    rank = bn.x.shape.rank
+    for mean in means:
+        axes = tensor_util.constant_value(mean.inputs[1])
+        if rank is None or axes is None or \
+                sorted(int(a) % rank for a in np.ravel(axes)) != list(range(rank - 1)):
+            return False
+    return bool(means) and all(_moving_variable(bn, k) is not None for k in (1, 2))
 
 
 def _statistics_ops(x, statistics):
@@ -169,18 +193,28 @@ def moving_statistic(bn, index):
     tensor = bn.mean if index == 1 else bn.variance
     if not bn.training or (bn.form == "fused" and not _is_empty(tensor)):
         return tensor
+    variable = _moving_variable(bn, index)
+    if variable is not None:
+        return _read(variable)
+    raise QuantizeError(f"batch norm {bn.op.name} has no moving statistics (no moving-average "
+                        "update reads its batch statistics); build it with moving averages "
+                        "(e.g. slim.batch_norm / BatchNormalization)")
+
+
+def _moving_variable(bn, index):
+    """The variable op the moving-average update of batch statistic `index` assigns, or
+    None."""
     stack, seen = [(bn.batch_statistic(index), 0)], set()
     while stack:
         t, depth = stack.pop()
         for user in t.consumers():
             if user.type in _ASSIGN_SUB_OPS:
-                return _read(user.inputs[0].op)
+                target = user.inputs[0].op
+                return target if target.type in registry.VARIABLE_OPS else None
             if depth < 3 and user.name not in seen and user not in bn.ops:
                 seen.add(user.name)
                 stack.extend((o, depth + 1) for o in user.outputs)
-    raise QuantizeError(f"batch norm {bn.op.name} has no moving statistics (no moving-average "
-                        "update reads its batch statistics); build it with moving averages "
-                        "(e.g. slim.batch_norm / BatchNormalization)")
+    return None
 
 
 def find_batch_norms(graph):

@@ -295,7 +295,9 @@ def _source_names(tensor):
 
 def _aliases(scope, m):
     weights = m.conv.inputs[registry.COMPUTE_OPS[m.conv.type].weight_index]
-    aliases = {f"{scope}/conv": (m.conv.name,), f"{scope}/weights": _source_names(weights)}
+    aliases = {f"{scope}/conv": (m.conv.name,), f"{scope}/weights": _source_names(weights),
+               # the layer's output, where no activation follows: the batch norm's
+               f"{scope}/BiasAdd": (m.bn.op.name,), f"{scope}/output": (m.bn.op.name,)}
     if m.bias is not None:
         aliases[f"{scope}/bias"] = _source_names(m.bias)
     return aliases
