@@ -62,6 +62,11 @@ class QuantizeConfig:
                                   choices=(0, 1))
     do_cle: int = _opt(0, "1 runs cross-layer equalization before calibration", choices=(0, 1))
     replace_relu6: int = _opt(1, "with do_cle=1: 1 replaces Relu6 by Relu", choices=(0, 1))
+    bias_correction: int = _opt(
+        0, "after calibration, subtract from each quantized layer's bias, per output channel, "
+           "a mean measured on the calibration batches: 1 the output shift its weight "
+           "quantization causes, E[(W_q - W) x]; 2 its whole mean output error against the "
+           "float model; 0 leaves biases alone (the original's numerics)", choices=(0, 1, 2))
     skip_check: int = _opt(0, "1 skips the float model check", choices=(0, 1))
     fold_bn_freeze_step: int = _opt(
         -1, "QAT: global step from which folded batch norms use their moving statistics (the "

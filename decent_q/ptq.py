@@ -6,6 +6,7 @@
       -> plan: where FixNeurons go                           (plan.plan_quantization)
       -> calibrate: CALIB FixNeurons, histogram per point    (calibrate.calibrate_positions)
       -> eval model: EVAL FixNeurons with the kept positions  (appliers.apply_to_graph_def)
+      -> bias correction, if bias_correction=1                (bias_correction.correct_biases)
       -> position passes, deploy model, both files written  (write.write_models)
       -> summary                                             (report.log_summary)
 
@@ -19,7 +20,7 @@ import os
 import time
 
 from decent_q import calibrate, checks, inputs, report, transforms, write
-from decent_q import appliers
+from decent_q import appliers, bias_correction
 from decent_q import plan as plan_lib
 from decent_q.errors import ConfigError, QuantizeError
 from decent_q.graph import utils
@@ -71,12 +72,14 @@ class Calibrated:
     eval_graph_def: object   # EVAL FixNeurons with the calibrated positions
     input_fn: object         # the loaded callable(step)
     input_fn_name: str
+    bias_correction: object = None  # bias_correction.Result when config.bias_correction=1
 
 
 def calibrate_frozen(input_frozen_graph, input_fn, config=None, s_config=None, skip_check=None,
                      progress=True):
     """The steps of :func:`quantize_frozen` before anything is written: checks, float passes,
-    plan, calibration, eval GraphDef. Arguments and errors as quantize_frozen's.
+    plan, calibration, eval GraphDef, bias correction (if asked). Arguments and errors as
+    quantize_frozen's.
 
     Returns:
       A :class:`Calibrated`; its eval GraphDef has not been through the position passes
@@ -98,7 +101,13 @@ def calibrate_frozen(input_frozen_graph, input_fn, config=None, s_config=None, s
              config.calib_iter, fn_name)
     positions = _calibrate(float_gd, plan, batches, config, s_config, progress)
     eval_gd = appliers.apply_to_graph_def(float_gd, plan, positions, arch_type=config.arch_type)
-    return Calibrated(config, s_config, graph_def, float_gd, plan, eval_gd, fn, fn_name)
+    corrected = None
+    if config.bias_correction:
+        corrected = bias_correction.correct_biases(eval_gd, plan, batches, config, s_config,
+                                                   progress, fn_name, float_gd)
+        eval_gd = corrected.graph_def
+    return Calibrated(config, s_config, graph_def, float_gd, plan, eval_gd, fn, fn_name,
+                      corrected)
 
 
 def _checked_options(config, s_config, skip_check):

@@ -17,6 +17,7 @@ def test_defaults_match_the_guide():
     assert DEFAULTS.arch_type == "DEFAULT"
     assert DEFAULTS.gpu_memory_fraction == 0.5
     assert DEFAULTS.max_dump_batches == 1 and DEFAULTS.dump_float == 0
+    assert DEFAULTS.bias_correction == 0  # decent_q's own; off keeps the original's numerics
 
 
 def test_every_option_has_help():
@@ -72,6 +73,7 @@ def test_nodes_method_lookup():
     ({"calib_iter": 0}, ["calib_iter=0"]),
     ({"gpu_memory_fraction": 1.5}, ["gpu_memory_fraction"]),
     ({"fold_bn_freeze_step": -2}, ["fold_bn_freeze_step"]),
+    ({"bias_correction": 3}, ["bias_correction=3", "0, 1, 2"]),
     ({"input_nodes": 5}, ["input_nodes"]),
 ])
 def test_validation_names_field_and_allowed_values(kwargs, words):
