@@ -51,6 +51,29 @@ def check_config_nodes(graph_def, config):
                         ("nodes_bit entry", list(config.nodes_bit)),
                         ("nodes_method entry", list(config.nodes_method))):
         utils.check_nodes_exist(node_map, names, what)
+    _check_output_indexes(graph_def, config)
+
+
+def _output_index(name):
+    return int(tensor_name(name).rsplit(":", 1)[1])
+
+
+def _check_output_indexes(graph_def, config):
+    """An input node must be named as a node (output 0 is fed); an output node given as
+    'node:k' must have output k. Either is a ConfigError (was an internal KeyError)."""
+    for name in config.input_nodes:
+        if _output_index(name):
+            raise ConfigError(f"input node {name!r} names output {_output_index(name)} of node "
+                              f"{node_name(name)!r}; input_nodes takes node names (the node's "
+                              "output 0 is what input_fn feeds)")
+    indexed = [n for n in config.output_nodes if _output_index(n)]
+    if indexed:
+        graph = utils.import_graph(graph_def)
+        for name in indexed:
+            count = len(graph.get_operation_by_name(node_name(name)).outputs)
+            if _output_index(name) >= count:
+                raise ConfigError(f"output node {name!r}: node {node_name(name)!r} has "
+                                  f"{count} output(s)")
 
 
 def check_frozen(graph_def, config):

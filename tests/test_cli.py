@@ -108,6 +108,10 @@ def test_options_reach_the_model(workdir):
     ([a if a != "my_input_fn.calib_input" else "other_mod.f" for a in QUANTIZE], 1,
      "module 'other_mod' is not found"),
     (["frobnicate"], 2, "invalid choice: 'frobnicate'"),
+    ([a if a != "input" else "input:1" for a in QUANTIZE], 2,
+     "input node 'input:1' names output 1 of node 'input'"),
+    ([a if a != "logits" else "logits:3" for a in QUANTIZE], 2,
+     "output node 'logits:3': node 'logits' has 1 output(s)"),
 ])
 def test_bad_inputs(workdir, capsys, argv, code, message):
     assert cli.main(argv) == code
