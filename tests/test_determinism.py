@@ -143,6 +143,9 @@ def qat_checkpoint(tmp_path_factory):
     spec.loader.exec_module(module)
     import decent_q  # pylint: disable=import-outside-toplevel
     import numpy as np  # pylint: disable=import-outside-toplevel
+    # The deploy script runs with TF1 behaviour (ref variables, read through w/read): train in
+    # it too, so both graphs name their weight points alike when this module runs alone.
+    tf.compat.v1.disable_v2_behavior()
     rng = np.random.default_rng(0)
     images = rng.uniform(0, 1, (8, 8, 8, 1)).astype(np.float32)
     labels = rng.integers(0, 3, 8)
