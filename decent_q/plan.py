@@ -29,6 +29,7 @@ from typing import Dict, List, Optional, Tuple
 from decent_q import layers as layers_lib
 from decent_q import config_names as names_lib
 from decent_q import registry
+from decent_q.errors import QuantizeError
 from decent_q.graph import pattern
 from decent_q.graph import utils
 from decent_q.graph.utils import node_name, tensor_name
@@ -147,10 +148,30 @@ class _Finder:
         if consumers is None and tensor in self.quantized:
             return self.quantized[tensor]
         point = QuantPoint(name, tensor, kind, int(mode), bits, method, consumers)
+        index = next((i for i, p in enumerate(self.points) if p.name == name), None)
+        if index is not None:
+            return self.share(index, point)
         self.points.append(point)
         if consumers is None:
             self.quantized[tensor] = name
         return name
+
+    def share(self, index, point):
+        """One point for a weight or bias that several layers read (shared constant or
+        variable): its consumers are joined; the layers must quantize it alike."""
+        first = self.points[index]
+        if (first.tensor, first.kind, first.mode, first.bit_width, first.method) != \
+                (point.tensor, point.kind, point.mode, point.bit_width, point.method) or \
+                first.consumers is None or point.consumers is None:
+            users = sorted({c for c, _ in (first.consumers or ()) + (point.consumers or ())})
+            raise QuantizeError(
+                f"{point.tensor} is read by {', '.join(users)}, which quantize it differently "
+                f"(bit width, method or mode); give them the same nodes_bit / nodes_method "
+                "entries, or give each layer its own copy of the weights")
+        self.points[index] = dataclasses.replace(
+            first, consumers=first.consumers + tuple(c for c in point.consumers
+                                                     if c not in first.consumers))
+        return first.name
 
     def add_activation(self, name, point=None):
         if self.names.ignored(name):

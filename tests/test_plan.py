@@ -297,3 +297,36 @@ def test_identity_n_is_removed():
     gd = cleanup.remove_identities(build(net), keep=["input", "sum"])
     nodes = {n.name: n for n in gd.node}
     assert "idn" not in nodes and list(nodes["sum"].input) == ["r", "r6"]
+
+
+def shared_weights_graph():
+    graph = tf.Graph()
+    with graph.as_default():
+        x = tf.compat.v1.placeholder(tf.float32, [None, 8, 8, 3], name="input")
+        w = const([3, 3, 3, 3], "w")
+        y = tf.nn.relu(tf.nn.conv2d(x, w, 1, "SAME", name="c1"), name="r1")
+        tf.nn.relu(tf.nn.conv2d(y, w, 1, "SAME", name="c2"), name="out")
+    return graph.as_graph_def()
+
+
+def test_a_weight_shared_by_two_layers_is_one_point_for_both(tmp_path):
+    import decent_q  # pylint: disable=import-outside-toplevel
+    from decent_q.graph import utils  # pylint: disable=import-outside-toplevel
+    plan = plan_of(shared_weights_graph(), ["out"])
+    point = plan.point("w/wquant")
+    assert point.consumers == (("c1", 1), ("c2", 1))
+    assert [p.name for p in plan.points].count("w/wquant") == 1
+    config = QuantizeConfig(input_nodes=["input"], output_nodes=["out"],
+                            input_shapes=[[-1, 8, 8, 3]], calib_iter=1,
+                            output_dir=str(tmp_path))
+    paths = decent_q.quantize_frozen(
+        shared_weights_graph(), lambda step: {"input": np.ones([2, 8, 8, 3], np.float32)},
+        config, progress=False)
+    deployed = {n.name: n for n in utils.load_graph_def(paths["deploy_model"]).node}
+    assert "weights" in deployed["c1"].attr and "weights" in deployed["c2"].attr
+
+
+def test_a_shared_weight_quantized_differently_is_a_clear_error():
+    with pytest.raises(QuantizeError, match="w:0 is read by c1, c2, which quantize it "
+                                            "differently"):
+        plan_of(shared_weights_graph(), ["out"], nodes_bit={"c2": 4})

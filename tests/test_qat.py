@@ -416,3 +416,33 @@ def test_qat_warns_for_options_it_does_not_read(tmp_path, caplog):
         decent_q.CreateQuantizeTrainingGraph(config=small_config(tmp_path, weight_bit=6,
                                                                  align_concat=1))
     assert not [r for r in caplog.records if "QAT ignores" in r.getMessage()]
+
+
+def test_a_variable_shared_by_two_convs_trains_and_deploys(tmp_path):
+    """Two convs read one weight variable: through one w/read (ref variable) one weight point
+    serves both; through a ReadVariableOp each (resource variable) each has its own. Either
+    way both graphs build and the model deploys."""
+    def build():
+        x = tf.compat.v1.placeholder(tf.float32, [None, 8, 8, 3], name="input")
+        w = tf.compat.v1.get_variable("w", [3, 3, 3, 3])
+        y = tf.nn.relu(tf.nn.conv2d(x, w, 1, "SAME", name="c1"), name="r1")
+        return tf.nn.relu(tf.nn.conv2d(y, w, 1, "SAME", name="c2"), name="out")
+    config = decent_q.QuantizeConfig(input_nodes=["input"], output_nodes=["out"],
+                                     input_shapes=[[-1, 8, 8, 3]], output_dir=str(tmp_path))
+    with tf.Graph().as_default() as graph:
+        build()
+        decent_q.CreateQuantizeTrainingGraph(config=config)
+        with tf.compat.v1.Session() as sess:
+            sess.run(tf.compat.v1.global_variables_initializer())
+            sess.run(tf.compat.v1.get_collection(tf.compat.v1.GraphKeys.UPDATE_OPS),
+                     {"input:0": np.ones([2, 8, 8, 3], np.float32)})
+            ckpt = tf.compat.v1.train.Saver().save(sess, str(tmp_path / "model.ckpt"))
+    fixes = [op for op in graph.get_operations() if op.name.endswith("wquant/fix")]
+    readers = {c.name for fix in fixes for c in graph.get_operation_by_name(
+        fix.name[:-len("/fix")]).outputs[0].consumers()}
+    assert readers == {"c1", "c2"}
+    with tf.Graph().as_default():
+        build()
+        decent_q.CreateQuantizeEvaluationGraph(config=config)
+        paths = decent_q.CreateQuantizeDeployGraph(checkpoint=ckpt, config=config)
+    assert os.path.exists(paths["deploy_model"])
