@@ -27,7 +27,7 @@ from typing import Dict, Tuple
 import numpy as np
 import tensorflow as tf
 
-from decent_q import calibrate, inputs, ops, registry, report
+from decent_q import calibrate, inputs, layers, ops, registry, report
 from decent_q.errors import QuantizeError, op_error_text
 from decent_q.graph import utils
 from decent_q.graph.utils import node_name, tensor_name
@@ -159,16 +159,9 @@ def _target(nm, plan, layer):
 
 def _out_channels(compute, shape):
     """The output channel count of a compute op with weights of `shape`, or None."""
-    if compute.op == "MatMul" and len(shape) == 2:
-        transpose_b = "transpose_b" in compute.attr and compute.attr["transpose_b"].b
-        return int(shape[0] if transpose_b else shape[1])
-    if len(shape) != 4:
+    if len(shape) != (2 if compute.op == "MatMul" else 4):
         return None
-    if compute.op == "DepthwiseConv2dNative":
-        return int(shape[2] * shape[3])
-    if compute.op == "Conv2DBackpropInput":
-        return int(shape[2])
-    return int(shape[3])
+    return layers.out_channels(compute.op, shape, layers.transpose_b(compute))
 
 
 def _passes(nm, targets):

@@ -185,6 +185,12 @@ def match_activation(graph, tensor, context=None):
 
 # -- scaling per channel ---------------------------------------------------------------------------
 
+def transpose_b(op):
+    """Whether a MatMul (a NodeDef or a tf.Operation) reads its weights transposed."""
+    node = getattr(op, "node_def", op)
+    return node.op == "MatMul" and "transpose_b" in node.attr and node.attr["transpose_b"].b
+
+
 def _out_axis(op, transpose_b):
     return 0 if (op == "MatMul" and transpose_b) else registry.COMPUTE_OPS[op].out_axis
 

@@ -65,17 +65,22 @@ def _layer_errors(done, original):
     return errors, biases
 
 
+def _assert_only_bias_rounding_left(corrected, before, after, biases):
+    """Every corrected layer's mean error is the rounding of its corrected bias to its 16-bit
+    grid, and small; before the correction it was not."""
+    assert sorted(corrected.bias_correction.shifts) == sorted(before)
+    for compute, error in after.items():
+        quantized, stored = biases[compute]
+        np.testing.assert_allclose(error, quantized - stored, atol=2e-6, err_msg=compute)
+        assert np.abs(error).max() < 1e-3, compute
+        assert np.abs(before[compute]).max() > 0.02, compute
+
+
 def test_weights_mode_leaves_no_mean_weight_error_on_the_calibration_data(wide):
     plain, corrected, _ = wide
     before, _ = _layer_errors(plain, plain)
     after, biases = _layer_errors(corrected, plain)
-    assert sorted(corrected.bias_correction.shifts) == sorted(before)
-    for compute, error in after.items():
-        quantized, stored = biases[compute]
-        # What is left is the rounding of the corrected bias to its 16-bit grid.
-        np.testing.assert_allclose(error, quantized - stored, atol=2e-6, err_msg=compute)
-        assert np.abs(error).max() < 1e-3, compute
-        assert np.abs(before[compute]).max() > 0.02, compute
+    _assert_only_bias_rounding_left(corrected, before, after, biases)
     # The first layer sees the same input in both models: its error was exactly the shift.
     np.testing.assert_allclose(before["conv1/Conv2D"],
                                corrected.bias_correction.shifts["conv1/Conv2D"], atol=1e-4)
@@ -108,12 +113,7 @@ def test_output_mode_leaves_no_mean_output_error_on_the_calibration_data(wide):
     plain, _, corrected = wide
     before, _ = _output_errors(plain)
     after, biases = _output_errors(corrected)
-    assert sorted(corrected.bias_correction.shifts) == sorted(before)
-    for compute, error in after.items():
-        quantized, stored = biases[compute]
-        np.testing.assert_allclose(error, quantized - stored, atol=2e-6, err_msg=compute)
-        assert np.abs(error).max() < 1e-3, compute
-        assert np.abs(before[compute]).max() > 0.02, compute
+    _assert_only_bias_rounding_left(corrected, before, after, biases)
 
 
 @pytest.mark.parametrize("mode", [1, 2])

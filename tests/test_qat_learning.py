@@ -57,15 +57,22 @@ def float_run(name, tmp_path_factory):
     return _float[name]
 
 
+def qat_run(name, tmp_path_factory, folder, freeze, steps, lr, init=None):
+    """(deployed accuracy, training losses) of a QAT run of net `name`."""
+    build = NETS[name][0]
+    work = tmp_path_factory.mktemp(folder)
+    q_config = learning.config(str(work / "q"), fold_bn_freeze_step=freeze)
+    checkpoint, losses = learning.train(build, str(work / "train"), steps, lr, q_config,
+                                        init=init)
+    return learning.model_accuracy(learning.deploy(build, checkpoint, q_config)), losses
+
+
 @pytest.mark.parametrize("name", sorted(NETS))
 def test_qat_from_scratch_reaches_float_accuracy(name, tmp_path_factory):
-    build, steps, freeze, _ = NETS[name]
+    _, steps, freeze, _ = NETS[name]
     _, float_acc = float_run(name, tmp_path_factory)
-    work = tmp_path_factory.mktemp(f"qat_{name}")
-    q_config = learning.config(str(work / "q"), fold_bn_freeze_step=freeze)
-    checkpoint, losses = learning.train(build, str(work / "train"), steps, LR, q_config)
+    qat_acc, losses = qat_run(name, tmp_path_factory, f"qat_{name}", freeze, steps, LR)
     assert losses[-1] < 0.25 * losses[0]
-    qat_acc = learning.model_accuracy(learning.deploy(build, checkpoint, q_config))
     print(f"{name}: float {float_acc:.3f}, QAT from scratch (deployed) {qat_acc:.3f}")
     assert float_acc > 0.93
     assert qat_acc >= float_acc - 0.02
@@ -73,12 +80,9 @@ def test_qat_from_scratch_reaches_float_accuracy(name, tmp_path_factory):
 
 @pytest.mark.parametrize("name", sorted(NETS))
 def test_qat_finetuning_keeps_float_accuracy(name, tmp_path_factory):
-    build, _, _, freeze = NETS[name]
+    _, _, _, freeze = NETS[name]
     float_checkpoint, float_acc = float_run(name, tmp_path_factory)
-    work = tmp_path_factory.mktemp(f"finetune_{name}")
-    q_config = learning.config(str(work / "q"), fold_bn_freeze_step=freeze)
-    checkpoint, _ = learning.train(build, str(work / "train"), FINETUNE_STEPS, FINETUNE_LR,
-                                   q_config, init=float_checkpoint)
-    qat_acc = learning.model_accuracy(learning.deploy(build, checkpoint, q_config))
+    qat_acc, _ = qat_run(name, tmp_path_factory, f"finetune_{name}", freeze, FINETUNE_STEPS,
+                         FINETUNE_LR, init=float_checkpoint)
     print(f"{name}: float {float_acc:.3f}, QAT fine-tuned (deployed) {qat_acc:.3f}")
     assert qat_acc >= float_acc - FINETUNE_TOLERANCE.get(name, 0.005)

@@ -254,8 +254,7 @@ class EvalModel:
         if conv.op == "Conv2DBackpropInput" and len(shape) == 4:
             return (int(shape[0]), int(shape[1])), int(shape[3])
         if conv.op == "MatMul" and len(shape) == 2:
-            transpose_b = "transpose_b" in conv.attr and conv.attr["transpose_b"].b
-            return (1, 1), int(shape[1] if transpose_b else shape[0])
+            return (1, 1), int(shape[1] if layers.transpose_b(conv) else shape[0])
         return None, None
 
     def layers(self):

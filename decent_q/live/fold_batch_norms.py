@@ -105,8 +105,7 @@ class FoldResult:
 
 def _scale_weights(weights, scale, conv):
     """W * scale per output channel (layers.channel_shape)."""
-    transpose_b = conv.type == "MatMul" and conv.get_attr("transpose_b")
-    shape = layers.channel_shape(conv.type, weights.shape.as_list(), transpose_b)
+    shape = layers.channel_shape(conv.type, weights.shape.as_list(), layers.transpose_b(conv))
     if shape == [-1]:
         return weights * scale
     return weights * tf.reshape(scale, shape)
@@ -116,8 +115,8 @@ def _folding_scale(m, moving_var, weights):
     """F/scale: gamma / sqrt(moving variance + eps), or the constant scale of x * s + o."""
     bn = m.bn
     if bn.form == "scale_offset":
-        transpose_b = m.conv.type == "MatMul" and m.conv.get_attr("transpose_b")
-        channels = layers.out_channels(m.conv.type, weights.shape.as_list(), transpose_b)
+        channels = layers.out_channels(m.conv.type, weights.shape.as_list(),
+                                       layers.transpose_b(m.conv))
         return tf.multiply(bn.gamma, tf.ones([channels], bn.gamma.dtype), name="scale")
     if bn.gamma is None:
         return tf.math.rsqrt(moving_var + bn.epsilon, name="scale")

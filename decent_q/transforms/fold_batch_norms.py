@@ -124,10 +124,6 @@ def _closed(graph_view, layer, bn, form):
         bn.closed(graph_view) and graph_view.consumers(bn["x"]) == [reader]
 
 
-def _transpose_b(conv):
-    return conv.op == "MatMul" and "transpose_b" in conv.attr and conv.attr["transpose_b"].b
-
-
 def _match_fold(nm, graph_view, context, name, keep):
     """The _Fold of the batch norm ending at op `name`, or None."""
     found = layers.match_batch_norm(graph_view, name, context, LAYER_FORMS)
@@ -148,7 +144,7 @@ def _match_fold(nm, graph_view, context, name, keep):
         return None
     conv, weight = nm[layer["compute"]], nm.producer(layer["weight"])
     weights = utils.const_value(weight)
-    n_out = layers.out_channels(conv.op, weights.shape, _transpose_b(conv))
+    n_out = layers.out_channels(conv.op, weights.shape, layers.transpose_b(conv))
     scale, offset = params
     if scale.size == 1:
         scale, offset = np.full(n_out, scale.item()), np.full(n_out, offset.item())
@@ -167,7 +163,7 @@ def scale_weights(weights, scale, op, transpose_b=False):
 
 def _apply_fold(edits, nm, fold):
     conv, weight = fold.conv, fold.weight
-    folded = scale_weights(fold.weights, fold.scale, conv.op, _transpose_b(conv))
+    folded = scale_weights(fold.weights, fold.scale, conv.op, layers.transpose_b(conv))
     if len(nm.users(weight.name)) > 1:  # shared: give this conv its own copy
         weight_name = f"{conv.name}/folded_weights"
         new = tf.compat.v1.NodeDef()
