@@ -2,6 +2,7 @@
 
     python benchmarks/speed.py qat   [--rounds 8]     # decent_q and TFMOT step-time ratios
     python benchmarks/speed.py ptq   [--repeats 2]    # frozen ResNet50: float / decent_q / TFLite
+    python benchmarks/speed.py fast_ft [--repeats 1]  # frozen ResNet50: decent_q / + fast finetune
 
 qat: the ``resnet`` model of benchmarks/accuracy.py (7 conv + BN, batch 64, 28x28x1 MNIST
 digits), Adam. One process (TF1 graph mode) holds four sessions: float training graph;
@@ -21,6 +22,9 @@ and 10 batches of 8 random images, written once; then, each in its own process a
 deploy model written); (tflite) TFLiteConverter int8 full-integer conversion of the same Keras
 model and weights with the same 80 images as representative data. Wall time of each and the
 peak RSS (getrusage ru_maxrss) of its process.
+
+fast_ft: the same ResNet50 and batches; (decent_q) as above, then (fast_ft) the same with
+include_fast_ft=1 (default mode 0, 10 epochs), in turn, each in its own process.
 """
 
 import argparse
@@ -223,7 +227,7 @@ def ptq_float(work, info):
             "peak_rss_mb": _peak_rss_mb()}
 
 
-def ptq_decent_q(work, info):
+def ptq_decent_q(work, info, **options):
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
     tf.compat.v1.disable_v2_behavior()
     import decent_q  # pylint: disable=import-outside-toplevel
@@ -231,7 +235,7 @@ def ptq_decent_q(work, info):
     rss0 = _peak_rss_mb()
     config = decent_q.QuantizeConfig(input_nodes=[info["input"]], output_nodes=[info["output"]],
                                      input_shapes=[[-1, 224, 224, 3]], calib_iter=10,
-                                     output_dir=tempfile.mkdtemp(prefix="dq_r50_"))
+                                     output_dir=tempfile.mkdtemp(prefix="dq_r50_"), **options)
     start = time.perf_counter()
     decent_q.quantize_frozen(os.path.join(work, "resnet50.pb"),
                              lambda i: {info["input"]: calib[i * 8:(i + 1) * 8]}, config,
@@ -257,7 +261,13 @@ def ptq_tflite(work, info):
             "rss_before_mb": rss0, "peak_rss_mb": _peak_rss_mb()}
 
 
-PTQ_WORKERS = {"float": ptq_float, "decent_q": ptq_decent_q, "tflite": ptq_tflite}
+def ptq_fast_ft(work, info):
+    """decent_q with fast finetune (include_fast_ft=1, default epochs and mode)."""
+    return ptq_decent_q(work, info, include_fast_ft=1)
+
+
+PTQ_WORKERS = {"float": ptq_float, "decent_q": ptq_decent_q, "tflite": ptq_tflite,
+               "fast_ft": ptq_fast_ft}
 
 
 def _spawn(argv, legacy_keras=False):
@@ -270,7 +280,7 @@ def _spawn(argv, legacy_keras=False):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=("qat", "ptq"))
+    parser.add_argument("what", choices=("qat", "ptq", "fast_ft"))
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=2)
@@ -309,13 +319,18 @@ def main(argv=None):
     if not os.path.exists(os.path.join(work, "info.json")):
         _spawn(["ptq", "--worker", "prepare", "--work_dir", work])
     runs = []
+    names = ("float", "decent_q", "tflite") if args.what == "ptq" else ("decent_q", "fast_ft")
     for _ in range(args.repeats):
         run = {}
-        for name in ("float", "decent_q", "tflite"):
+        for name in names:
             run[name] = _spawn(["ptq", "--worker", name, "--work_dir", work],
                                legacy_keras=name == "tflite")
         runs.append(run)
         print(json.dumps(run), flush=True)
+        if args.what == "fast_ft":
+            print(f"fast_ft / decent_q = "
+                  f"{run['fast_ft']['wall_s'] / run['decent_q']['wall_s']:.2f}x", flush=True)
+            continue
         print(f"decent_q / float = {run['decent_q']['wall_s'] / run['float']['wall_s']:.2f}x, "
               f"decent_q / tflite = {run['decent_q']['wall_s'] / run['tflite']['wall_s']:.2f}x",
               flush=True)

@@ -5,7 +5,7 @@ shift of the layer's output, measured per output channel on the calibration batc
     eval GraphDef (EVAL FixNeurons with the calibrated positions)
       -> targets: layers with quantized Const weights and a Const bias   (_targets)
       -> passes: layers in graph order, a layer in a later pass when an earlier layer of the
-         current pass feeds it                                         (_passes)
+         current pass feeds it                                         (passes)
       -> per pass, on input_fn(0 .. calib_iter - 1), with the eval model as corrected so far,
          per channel c, means over batch and spatial positions:
            1 (weights): shift_c = mean conv(x_q, W_q - W)[..., c]             (_probe)
@@ -29,7 +29,7 @@ import tensorflow as tf
 
 from decent_q import calibrate, inputs, layers, ops, registry, report
 from decent_q.errors import QuantizeError, op_error_text
-from decent_q.graph import utils
+from decent_q.graph import quantized, utils
 from decent_q.graph.utils import node_name, tensor_name
 
 log = logging.getLogger("decent_q")
@@ -86,7 +86,7 @@ def correct_biases(eval_graph_def, plan, batches, config, s_config=None, progres
     targets, skipped = _targets(out, plan)
     for compute, reason in skipped.items():
         log.info("bias correction: %s left alone: %s", compute, reason)
-    groups = _passes(utils.NodeMap(out), targets)
+    groups = passes(utils.NodeMap(out), targets)
     output_mode = config.bias_correction == 2
     run = _Runner(batches, config, s_config, input_fn_name, progress,
                   (len(groups) + output_mode) * config.calib_iter)
@@ -164,9 +164,10 @@ def _out_channels(compute, shape):
     return layers.out_channels(compute.op, shape, layers.transpose_b(compute))
 
 
-def _passes(nm, targets):
-    """Targets split into passes, in order: a target starts a new pass when a target of the
-    current pass is among the nodes its compute op is computed from."""
+def passes(nm, targets):
+    """Targets (with a ``compute`` name) split into passes, in order: a target starts a new
+    pass when a target of the current pass is among the nodes its compute op is computed
+    from."""
     groups = []
     for target in targets:
         feeding = nm.ancestors([target.compute])
@@ -275,14 +276,9 @@ def search_positions(tensors, impl="kernel"):
     with graph.as_default():
         used = {}
         for name, (value, fix) in tensors.items():
-            attr = fix.attr
+            attrs = quantized.fix_attributes(fix)
             _, used[name] = ops.fix_neuron_dynamic(
-                tf.constant(value), tf.constant(0, tf.int32), mode=attr["mode"].i,
-                phase=ops.Phase.CALIB,
-                bit_width=attr["bit_width"].i if "bit_width" in attr else 8,
-                method=attr["method"].i if "method" in attr else 1,
-                arch_type=attr["arch_type"].s.decode() if "arch_type" in attr else "DEFAULT",
-                impl=impl)
+                tf.constant(value), tf.constant(0, tf.int32), phase=ops.Phase.CALIB,
+                impl=impl, **attrs)
     with tf.compat.v1.Session(graph=graph) as sess:
         return {name: int(pos) for name, pos in sess.run(used).items()}
-

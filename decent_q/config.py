@@ -5,6 +5,7 @@ options from :data:`OPTIONS`), which fixes the original's API/CLI default mismat
 """
 
 import dataclasses
+import math
 import re
 from typing import Dict, List
 
@@ -67,6 +68,19 @@ class QuantizeConfig:
            "a mean measured on the calibration batches: 1 the output shift its weight "
            "quantization causes, E[(W_q - W) x]; 2 its whole mean output error against the "
            "float model; 0 leaves biases alone (the original's numerics)", choices=(0, 1, 2))
+    include_fast_ft: int = _opt(
+        0, "1 runs fast finetune after calibration: layer by layer, weights and bias are "
+           "adjusted so that the quantized layer's output matches the float layer's on the "
+           "calibration batches, then the activations are calibrated again", choices=(0, 1))
+    fast_ft_mode: int = _opt(
+        0, "fast finetune: 0 AdaQuant (weights and bias free), 1 AdaRound (each weight rounds "
+           "down or up on its calibrated grid; bias free)", choices=(0, 1))
+    fast_ft_epochs: int = _opt(10, "fast finetune: passes over the calibration batches per "
+                                   "layer, one Adam step per batch")
+    fast_ft_lr: float = _opt(0.03, "fast finetune: Adam learning rate, in quantization steps "
+                                   "(2^-position) of each tensor (mode 1: of the rounding "
+                                   "variable)")
+    fast_ft_lrcoef: float = _opt(1.0, "fast finetune: factor on fast_ft_lr for the bias")
     skip_check: int = _opt(0, "1 skips the float model check", choices=(0, 1))
     fold_bn_freeze_step: int = _opt(
         -1, "QAT: global step from which folded batch norms use their moving statistics (the "
@@ -86,6 +100,8 @@ class QuantizeConfig:
     gpu_memory_fraction: float = _opt(0.5, "GPU memory fraction to use, in (0, 1]")
 
     def __post_init__(self):
+        if isinstance(self.include_fast_ft, bool):  # vai_q_tensorflow2 takes True / False
+            self.include_fast_ft = int(self.include_fast_ft)
         for field in dataclasses.fields(self):
             setattr(self, field.name, _from_text(field, getattr(self, field.name)))
         self.input_nodes = _names(self.input_nodes, "input_nodes")
@@ -111,6 +127,14 @@ class QuantizeConfig:
                                   "or 2")
         if not isinstance(self.calib_iter, int) or self.calib_iter <= 0:
             raise ConfigError(f"calib_iter={self.calib_iter!r} must be a positive integer")
+        if not isinstance(self.fast_ft_epochs, int) or self.fast_ft_epochs <= 0:
+            raise ConfigError(f"fast_ft_epochs={self.fast_ft_epochs!r} must be a positive "
+                              "integer")
+        for name in ("fast_ft_lr", "fast_ft_lrcoef"):
+            value = float(getattr(self, name))
+            if not (math.isfinite(value) and value > 0):
+                raise ConfigError(f"{name}={getattr(self, name)!r} must be a positive finite "
+                                  "number")
         if not isinstance(self.max_dump_batches, int) or self.max_dump_batches <= 0:
             raise ConfigError(f"max_dump_batches={self.max_dump_batches!r} must be a positive "
                               "integer")

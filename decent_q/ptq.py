@@ -6,7 +6,8 @@
       -> plan: where FixNeurons go                           (plan.plan_quantization)
       -> calibrate: CALIB FixNeurons, histogram per point    (calibrate.calibrate_positions)
       -> eval model: EVAL FixNeurons with the kept positions  (appliers.apply_to_graph_def)
-      -> bias correction, if bias_correction=1                (bias_correction.correct_biases)
+      -> fast finetune and calibration again, if include_fast_ft=1  (fast_finetune.finetune)
+      -> bias correction, if bias_correction=1 or 2           (bias_correction.correct_biases)
       -> position passes, deploy model, both files written  (write.write_models)
       -> summary                                             (report.log_summary)
 
@@ -20,7 +21,7 @@ import os
 import time
 
 from decent_q import calibrate, checks, inputs, report, transforms, write
-from decent_q import appliers, bias_correction
+from decent_q import appliers, bias_correction, fast_finetune
 from decent_q import plan as plan_lib
 from decent_q.errors import ConfigError, QuantizeError
 from decent_q.graph import utils
@@ -29,11 +30,13 @@ log = logging.getLogger("decent_q")
 
 
 def quantize_frozen(input_frozen_graph, input_fn, config=None, s_config=None, skip_check=None,
-                    progress=True):
+                    progress=True, **fast_ft):
     """Post-training quantization: frozen float graph -> quantize_eval_model.pb, deploy_model.pb.
 
     The first five parameters are in the order of the original's
-    ``quantize_frozen(input_graph_def, input_fn, q_config, s_config, skip_check)``.
+    ``quantize_frozen(input_graph_def, input_fn, q_config, s_config, skip_check)``; its later
+    releases' fast finetune keywords (include_fast_ft, fast_ft_mode, fast_ft_epochs,
+    fast_ft_lr, fast_ft_lrcoef) are accepted too and override config's fields.
 
     Args:
       input_frozen_graph: path of a frozen GraphDef (binary or text), or a GraphDef.
@@ -55,6 +58,8 @@ def quantize_frozen(input_frozen_graph, input_fn, config=None, s_config=None, sk
         what to fix.
     """
     start = time.time()
+    if fast_ft:
+        config = _with_fast_ft(config, fast_ft)
     done = calibrate_frozen(input_frozen_graph, input_fn, config, s_config, skip_check, progress)
     paths = write.write_models(done.eval_graph_def, done.config)
     report.log_summary(done.plan, paths, time.time() - start)
@@ -72,7 +77,8 @@ class Calibrated:
     eval_graph_def: object   # EVAL FixNeurons with the calibrated positions
     input_fn: object         # the loaded callable(step)
     input_fn_name: str
-    bias_correction: object = None  # bias_correction.Result when config.bias_correction=1
+    bias_correction: object = None  # bias_correction.Result when config.bias_correction > 0
+    fast_finetune: object = None  # fast_finetune.Result when config.include_fast_ft=1
 
 
 def calibrate_frozen(input_frozen_graph, input_fn, config=None, s_config=None, skip_check=None,
@@ -101,13 +107,33 @@ def calibrate_frozen(input_frozen_graph, input_fn, config=None, s_config=None, s
              config.calib_iter, fn_name)
     positions = _calibrate(float_gd, plan, batches, config, s_config, progress)
     eval_gd = appliers.apply_to_graph_def(float_gd, plan, positions, arch_type=config.arch_type)
+    tuned = None
+    if config.include_fast_ft:
+        tuned = fast_finetune.finetune(float_gd, eval_gd, plan, batches, config, s_config,
+                                       progress, fn_name)
+        eval_gd = tuned.eval_graph_def
     corrected = None
     if config.bias_correction:
         corrected = bias_correction.correct_biases(eval_gd, plan, batches, config, s_config,
                                                    progress, fn_name, float_gd)
         eval_gd = corrected.graph_def
     return Calibrated(config, s_config, graph_def, float_gd, plan, eval_gd, fn, fn_name,
-                      corrected)
+                      corrected, tuned)
+
+
+_FAST_FT_KEYWORDS = ("include_fast_ft", "fast_ft_mode", "fast_ft_epochs", "fast_ft_lr",
+                     "fast_ft_lrcoef")
+
+
+def _with_fast_ft(config, keywords):
+    """config with the fast finetune keywords of quantize_frozen applied."""
+    unknown = sorted(set(keywords) - set(_FAST_FT_KEYWORDS))
+    if unknown:
+        raise TypeError(f"quantize_frozen() got an unexpected keyword argument {unknown[0]!r}")
+    if config is None:
+        raise ConfigError("config is required: pass decent_q.QuantizeConfig(input_nodes=[...], "
+                          "output_nodes=[...], input_shapes=[[...]]) as the third argument")
+    return dataclasses.replace(config, **keywords)
 
 
 def _checked_options(config, s_config, skip_check):

@@ -72,6 +72,28 @@ def concat_graph(seed=0):
     return graph.as_graph_def()
 
 
+def forms_graph():
+    """conv (no bias) -> relu -> atrous conv + Add bias -> relu -> transposed conv + bias
+    'out' (8x8x2)."""
+    rng = np.random.default_rng(3)
+    graph = tf.Graph()
+    with graph.as_default():
+        def const(shape, name):
+            return tf.constant(rng.standard_normal(shape).astype(np.float32) * 0.5, name=name)
+
+        x = tf.compat.v1.placeholder(tf.float32, [None] + SHAPE, name=INPUT)
+        y = tf.nn.relu(tf.nn.conv2d(x, const([3, 3, 3, 4], "a/w"), 1, "SAME", name="a/conv"),
+                       name="a/relu")
+        s2b = tf.space_to_batch_nd(y, [2, 2], [[0, 0], [0, 0]], name="b/s2b")
+        y = tf.nn.conv2d(s2b, const([3, 3, 4, 4], "b/w"), 1, "SAME", name="b/conv")
+        y = tf.compat.v1.batch_to_space_nd(y, [2, 2], [[0, 0], [0, 0]], name="b/b2s")
+        y = tf.nn.relu(tf.add(const([4], "b/b"), y, name="b/add"), name="b/relu")
+        size = tf.stack([tf.shape(y)[0], 8, 8, 2])
+        y = tf.nn.conv2d_transpose(y, const([3, 3, 2, 4], "c/w"), size, 1, name="c/conv")
+        tf.nn.bias_add(y, const([2], "c/b"), name="out")
+    return graph.as_graph_def()
+
+
 def nan_graph():
     """input -> conv -> relu -> log(y - 10) 'out': NaN for every input (the float check's
     failure)."""

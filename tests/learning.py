@@ -181,6 +181,18 @@ def float_accuracy(build, checkpoint):
             return _accuracy(lambda x: sess.run(net["logits"], {net["images"]: x}))
 
 
+def frozen(build, checkpoint):
+    """The frozen inference GraphDef (moving statistics) of `build` at `checkpoint`, output
+    node ``logits/BiasAdd``."""
+    graph = tf.Graph()
+    with graph.as_default():
+        build(False)
+        with tf.compat.v1.Session() as sess:
+            tf.compat.v1.train.Saver().restore(sess, checkpoint)
+            return tf.compat.v1.graph_util.convert_variables_to_constants(
+                sess, graph.as_graph_def(), [OUTPUT_NODE])
+
+
 def deploy(build, checkpoint, q_config):
     """CreateQuantizeEvaluationGraph + CreateQuantizeDeployGraph at `checkpoint`; returns the
     path of the written quantize_eval_model_*.pb."""

@@ -147,37 +147,16 @@ def test_off_by_default_and_byte_identical(tmp_path):
     assert model("again", bias_correction=1) == corrected  # deterministic
 
 
-def _forms_graph():
-    """conv (no bias) -> relu -> atrous conv + Add bias -> relu -> transposed conv + bias."""
-    rng = np.random.default_rng(3)
-    graph = tf.Graph()
-    with graph.as_default():
-        def const(shape, name):
-            return tf.constant(rng.standard_normal(shape).astype(np.float32) * 0.5, name=name)
-
-        x = tf.compat.v1.placeholder(tf.float32, [None] + helpers.SHAPE, name=helpers.INPUT)
-        y = tf.nn.relu(tf.nn.conv2d(x, const([3, 3, 3, 4], "a/w"), 1, "SAME", name="a/conv"),
-                       name="a/relu")
-        s2b = tf.space_to_batch_nd(y, [2, 2], [[0, 0], [0, 0]], name="b/s2b")
-        y = tf.nn.conv2d(s2b, const([3, 3, 4, 4], "b/w"), 1, "SAME", name="b/conv")
-        y = tf.compat.v1.batch_to_space_nd(y, [2, 2], [[0, 0], [0, 0]], name="b/b2s")
-        y = tf.nn.relu(tf.add(const([4], "b/b"), y, name="b/add"), name="b/relu")
-        size = tf.stack([tf.shape(y)[0], 8, 8, 2])
-        y = tf.nn.conv2d_transpose(y, const([3, 3, 2, 4], "c/w"), size, 1, name="c/conv")
-        tf.nn.bias_add(y, const([2], "c/b"), name="out")
-    return graph.as_graph_def()
-
-
 def test_layer_forms_and_a_layer_without_bias(caplog):
     config = helpers.config(["out"], weight_bit=4, calib_iter=CALIB, bias_correction=1)
     with caplog.at_level(logging.INFO, logger="decent_q"):
-        done = ptq.calibrate_frozen(_forms_graph(), helpers.input_fn, config, progress=False)
+        done = ptq.calibrate_frozen(helpers.forms_graph(), helpers.input_fn, config, progress=False)
     result = done.bias_correction
     assert sorted(result.shifts) == ["b/conv", "c/conv"] and result.passes == 2
     assert "no bias" in result.skipped["a/conv"]
     assert "a/conv left alone: no bias" in caplog.text
     assert result.shifts["c/conv"].shape == (2,)
-    plain = ptq.calibrate_frozen(_forms_graph(), helpers.input_fn,
+    plain = ptq.calibrate_frozen(helpers.forms_graph(), helpers.input_fn,
                                  helpers.config(["out"], weight_bit=4, calib_iter=CALIB),
                                  progress=False)
     for const, compute in (("b/b", "b/conv"), ("c/b", "c/conv")):

@@ -86,6 +86,15 @@ def mode(node):
     return int(node.attr["mode"].i)
 
 
+def fix_attributes(node):
+    """The quantization attributes of a FixNeuron NodeDef: {mode, bit_width, method,
+    arch_type}, with the op's defaults where one is unset."""
+    attr = node.attr
+    return {"mode": mode(node), "bit_width": bit_width(node),
+            "method": int(attr["method"].i) if "method" in attr else 1,
+            "arch_type": attr["arch_type"].s.decode() if "arch_type" in attr else "DEFAULT"}
+
+
 def set_position(graph_def, name, pos):
     """Sets FixNeuron `name`'s quantize_pos in `graph_def` IN PLACE; returns the old position.
 
