@@ -262,8 +262,17 @@ def ptq_tflite(work, info):
 
 
 def ptq_fast_ft(work, info):
-    """decent_q with fast finetune (include_fast_ft=1, default epochs and mode)."""
-    return ptq_decent_q(work, info, include_fast_ft=1)
+    """decent_q with fast finetune (include_fast_ft=1, default epochs and mode); with the
+    split of its time that decent_q logs."""
+    import logging  # pylint: disable=import-outside-toplevel
+    lines = []
+    handler = logging.Handler()
+    handler.emit = lambda record: lines.append(record.getMessage())
+    logging.getLogger("decent_q").addHandler(handler)
+    logging.getLogger("decent_q").setLevel(logging.INFO)
+    result = ptq_decent_q(work, info, include_fast_ft=1)
+    result["log"] = [line for line in lines if line.startswith("fast finetune (")]
+    return result
 
 
 PTQ_WORKERS = {"float": ptq_float, "decent_q": ptq_decent_q, "tflite": ptq_tflite,

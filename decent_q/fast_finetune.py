@@ -40,6 +40,7 @@ input_fn gives the same files.
 import dataclasses
 import logging
 import math
+import time
 from typing import Dict, Tuple
 
 import numpy as np
@@ -86,6 +87,7 @@ class Result:
     kept: Dict[str, str]     # compute op -> why its parameters were left as they were
     skipped: Dict[str, str]  # compute op -> why it was not finetuned
     passes: int
+    seconds: Dict[str, float]  # wall time: collect (model runs), tune, calibrate (again)
 
 
 def finetune(float_graph_def, eval_graph_def, plan, batches, config, s_config=None,
@@ -120,12 +122,17 @@ def finetune(float_graph_def, eval_graph_def, plan, batches, config, s_config=No
     tuner = _Tuner(eval_graph_def, float_graph_def, targets, batches, config, s_config,
                    input_fn_name, bar)
     errors, kept = {}, {}
+    seconds = {"collect": 0.0, "tune": 0.0}
     try:
         for group in groups:
+            start = time.perf_counter()
             inputs_q, outputs = tuner.collect(group)
+            seconds["collect"] += time.perf_counter() - start
             for target in group:
+                start = time.perf_counter()
                 before, after, reason = tuner.tune(target, inputs_q[target.compute],
                                                    outputs[target.compute])
+                seconds["tune"] += time.perf_counter() - start
                 errors[target.compute] = (before, after)
                 if reason:
                     kept[target.compute] = reason
@@ -140,8 +147,10 @@ def finetune(float_graph_def, eval_graph_def, plan, batches, config, s_config=No
         tuner.close()
         bar.close()
     float_ft = _with_values(float_graph_def, values)
+    start = time.perf_counter()
     positions = calibrate.calibrate_positions(float_ft, plan, batches, config,
                                               s_config=s_config)
+    seconds["calibrate"] = time.perf_counter() - start
     # The finetuned weights and biases keep the positions they were finetuned at.
     calibrated = quantized.positions(eval_graph_def)
     for target in targets:
@@ -151,10 +160,12 @@ def finetune(float_graph_def, eval_graph_def, plan, batches, config, s_config=No
     eval_ft = appliers.apply_to_graph_def(float_ft, plan, positions,
                                           arch_type=config.arch_type)
     log.info("fast finetune (%s, %d epochs): %d layer(s) in %d pass(es), %d kept their "
-             "calibrated parameters, %d left alone", _MODE_NAMES[config.fast_ft_mode],
-             config.fast_ft_epochs, len(targets) - len(kept), len(groups), len(kept),
-             len(skipped))
-    return Result(eval_ft, float_ft, errors, kept, skipped, len(groups))
+             "calibrated parameters, %d left alone; %.1f s running the models for the "
+             "layers' data, %.1f s finetuning, %.1f s calibrating again",
+             _MODE_NAMES[config.fast_ft_mode], config.fast_ft_epochs, len(targets) - len(kept),
+             len(groups), len(kept), len(skipped), seconds["collect"], seconds["tune"],
+             seconds["calibrate"])
+    return Result(eval_ft, float_ft, errors, kept, skipped, len(groups), seconds)
 
 
 _MODE_NAMES = {0: "AdaQuant", 1: "AdaRound"}
