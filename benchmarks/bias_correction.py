@@ -29,6 +29,7 @@ sys.path.insert(0, ROOT)
 import accuracy  # noqa: E402  (benchmarks/accuracy.py; puts examples/ on sys.path)
 import data  # noqa: E402  (examples/data.py)
 
+MODELS = ("cnn", "resnet")  # of accuracy.MODELS: the models of the README's tables
 WEIGHT_BITS = (8, 6, 4)
 ACTIVATIONS = ("8", "same")
 MODES = (0, 1, 2)  # bias_correction
@@ -97,11 +98,12 @@ def worker(args):
     print(json.dumps(rows))
 
 
-def _spawn_float(args):
+def _spawn_float(args, kind):
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
                TF_CPP_MIN_LOG_LEVEL="2")
+    steps = ["--float_steps", str(args.float_steps)] if args.float_steps else []
     subprocess.run([sys.executable, os.path.join(HERE, "accuracy.py"), "--worker", "float",
-                    "--work_dir", args.work_dir, "--float_steps", str(args.float_steps)],
+                    "--model", kind, "--work_dir", args.work_dir, *steps],
                    env=env, check=True)
 
 
@@ -127,7 +129,8 @@ def markdown(results):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work_dir", default=None)
-    parser.add_argument("--float_steps", type=int, default=600)
+    parser.add_argument("--float_steps", type=int, default=None,
+                        help="float training steps (default: accuracy.FLOAT_STEPS, 600)")
     parser.add_argument("--calib_batches", type=int, default=10)
     parser.add_argument("--worker", action="store_true")
     parser.add_argument("--model", choices=accuracy.MODELS)
@@ -138,13 +141,13 @@ def main(argv=None):
     args.work_dir = args.work_dir or tempfile.mkdtemp(prefix="dq_biascorr_")
     os.makedirs(args.work_dir, exist_ok=True)
     print(f"work dir: {args.work_dir}", flush=True)
-    if not all(os.path.exists(accuracy._weights_path(args.work_dir, k))
-               for k in accuracy.MODELS):
-        _spawn_float(args)
+    for kind in MODELS:
+        if not os.path.exists(accuracy._weights_path(args.work_dir, kind)):
+            _spawn_float(args, kind)
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
                TF_CPP_MIN_LOG_LEVEL="2")
     results = {}
-    for kind in accuracy.MODELS:
+    for kind in MODELS:
         results[kind] = accuracy.common.run_json(
             __file__, ["--worker", "--model", kind, "--work_dir", args.work_dir,
                        "--calib_batches", str(args.calib_batches)], env)
