@@ -71,6 +71,11 @@ PTQ_VARIANTS = (
     ("decent_q PTQ method 1 + CLE", dict(method=1, do_cle=1)),
     ("decent_q PTQ method 2", dict(method=2)),
     ("decent_q PTQ method 2 + CLE", dict(method=2, do_cle=1)),
+    ("decent_q PTQ method 1 + bias correction 2", dict(method=1, bias_correction=2)),
+    ("decent_q PTQ method 1 + fast finetune", dict(method=1, include_fast_ft=1)),
+    ("decent_q PTQ method 1 + CLE + fast finetune", dict(method=1, do_cle=1, include_fast_ft=1)),
+    ("decent_q PTQ method 1 + fast finetune (AdaRound)",
+     dict(method=1, include_fast_ft=1, fast_ft_mode=1)),
 )
 # The first conv of each model (its Keras layer name), kept at a wider width by the probe and
 # the qat48 stage.
@@ -274,20 +279,24 @@ def worker_ptq(args):
         return {INPUT_NODE: calib[step * CALIB_BATCH:(step + 1) * CALIB_BATCH]}
 
     frozen = frozen_float(tf, tf_keras, kind, _load_weights(args.work_dir, kind))
-    results = {"float_frozen": _graph_accuracy(tf, frozen, test_x, test_y), "rows": {}}
+    results = {"float_frozen": _graph_accuracy(tf, frozen, test_x, test_y), "rows": {},
+               "seconds": {}}
     for label, kwargs in PTQ_VARIANTS:
         for weight_bit, activation_bit in COLUMNS:
             col = column(weight_bit, activation_bit)
             out = os.path.join(args.work_dir, f"ptq_{kind}_{col}_{_slug(kwargs)}")
             config = _config(decent_q, out, weight_bit, activation_bit,
                              calib_iter=args.calib_batches, **kwargs)
+            start = time.time()
             paths = decent_q.quantize_frozen(frozen, input_fn, config, progress=False)
+            seconds = time.time() - start
             eval_gd = tf.compat.v1.GraphDef()
             with open(paths["quantize_eval_model"], "rb") as f:
                 eval_gd.ParseFromString(f.read())
             acc = _graph_accuracy(tf, eval_gd, test_x, test_y)
             results["rows"].setdefault(label, {})[col] = acc
-            print(f"ptq {kind} {col}, {label}: {acc:.4f}", flush=True)
+            results["seconds"].setdefault(label, {})[col] = seconds
+            print(f"ptq {kind} {col}, {label}: {acc:.4f} ({seconds:.1f} s)", flush=True)
     _save_json(os.path.join(args.work_dir, f"ptq_{kind}.json"), results)
 
 
