@@ -34,6 +34,11 @@ Then (no PYTHONPATH needed; the script puts the repo root and examples/ on sys.p
 
     /work/mct-venv/bin/python benchmarks/mct_compare.py --work_dir /tmp/mct_work
     /work/mct215-venv/bin/python benchmarks/mct_compare.py --work_dir /tmp/mct_work --tag _tf215
+    # the ablation rows (PTQ only): mct_{kind}_ablation.json
+    /work/mct-venv/bin/python benchmarks/mct_compare.py --work_dir /tmp/mct_work \
+        --variants signed_only,bias_only --gptq_epochs 0 --tag _ablation
+    # decent_q against MCT, markdown (any python; reads the json files only)
+    python benchmarks/mct_compare.py --work_dir /tmp/mct_work --table
 
 --decent_q (project venv) computes decent_q's own numbers on the same weights into
 ``mct_decent_q.json``: method 1 with and without do_cle, bias_correction 0 and 2::
@@ -109,7 +114,7 @@ CONFIGS = (("8", 8, 8), ("6", 6, 6), ("4", 4, 4), ("W4A8", 4, 8))
 # -- TF >= 2.16 shim ----------------------------------------------------------------------------
 
 class _KerasAlias(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-    """Import ``keras`` / ``keras.x.y`` as the already-importable ``tf_keras`` / ``tf_keras.x.y``."""
+    """Import ``keras`` / ``keras.x.y`` as the importable ``tf_keras`` / ``tf_keras.x.y``."""
 
     def find_spec(self, fullname, path=None, target=None):  # pylint: disable=unused-argument
         if fullname == "keras" or fullname.startswith("keras."):
@@ -257,16 +262,18 @@ def run_mct(args):
     settings = ("MCT IMX500 v1.0 op sets + fusings, kernels POWER_OF_TWO per-tensor W bits, "
                 "activations POWER_OF_TWO A bits; mct_ptq/mct_gptq: signed activations and "
                 "POWER_OF_TWO per-tensor W-bit biases (decent_q's constraint); *_mct_default: "
-                "signedness AUTO (unsigned after ReLU) and float biases; CoreConfig() defaults (MSE "
+                "signedness AUTO (unsigned after ReLU) and float biases; CoreConfig() defaults "
+                "(MSE "
                 "thresholds, weights bias correction, shift-negative correction); "
                 f"{args.calib_batches} calibration batches of {batch}; GPTQ "
                 f"get_keras_gptq_config(n_epochs={args.gptq_epochs}) defaults")
     if shimmed:
         settings += ("; TF >= 2.16 shim: TF_USE_LEGACY_KERAS=1, keras->tf_keras alias, "
-                     "version gate bypassed at import")
+                     "version gate bypassed at import, MCT's custom-layer test accepts tf_keras "
+                     "classes")
     kinds = args.models.split(",")
     for kind in kinds:
-        result = {"mct_ptq": {}, "mct_gptq": {}, "versions": versions, "settings": settings,
+        result = {"versions": versions, "settings": settings,
                   "seconds": {}, "errors": {}}
         weights = accuracy._load_weights(args.work_dir, kind)  # pylint: disable=protected-access
         model = accuracy.build(keras_mod, kind)
@@ -337,7 +344,8 @@ def run_decent_q(args):
     for kind in args.models.split(","):
         weights = accuracy._load_weights(args.work_dir, kind)  # pylint: disable=protected-access
         frozen = accuracy.frozen_float(tf, tf_keras, kind, weights)
-        rows = results[kind] = {"float_frozen": accuracy._graph_accuracy(  # pylint: disable=protected-access
+        # pylint: disable=protected-access
+        rows = results[kind] = {"float_frozen": accuracy._graph_accuracy(
             tf, frozen, test_x, test_y)}
         for label, w_bits, a_bits in CONFIGS:
             for cle in (0, 1):
@@ -354,7 +362,7 @@ def run_decent_q(args):
                     eval_gd = tf.compat.v1.GraphDef()
                     with open(paths["quantize_eval_model"], "rb") as f:
                         eval_gd.ParseFromString(f.read())
-                    acc = accuracy._graph_accuracy(tf, eval_gd, test_x, test_y)  # pylint: disable=protected-access
+                    acc = accuracy._graph_accuracy(tf, eval_gd, test_x, test_y)
                     key = "decent_q_m1" + ("_cle" if cle else "") + (f"_bc{bc}" if bc else "")
                     rows.setdefault(key, {})[label] = acc
                     rows.setdefault("seconds", {})[f"{key} {label}"] = round(seconds, 1)
@@ -363,6 +371,44 @@ def run_decent_q(args):
     with open(path, "w", encoding="utf-8") as f:
         json.dump(results, f, indent=1, sort_keys=True)
     print(f"wrote {path}", flush=True)
+
+
+def table(args):
+    """Markdown: decent_q (mct_decent_q.json) against MCT (mct_{kind}{tag}.json), in %."""
+    labels = [c[0] for c in CONFIGS]
+    with open(os.path.join(args.work_dir, "mct_decent_q.json"), encoding="utf-8") as f:
+        ours = json.load(f)
+    rows = [("decent_q_m1", "decent_q PTQ method 1"),
+            ("decent_q_m1_cle", "decent_q PTQ method 1 + CLE"),
+            ("decent_q_m1_bc2", "decent_q PTQ method 1 + bias_correction 2"),
+            ("decent_q_m1_cle_bc2", "decent_q PTQ method 1 + CLE + bias_correction 2"),
+            ("mct_ptq", "MCT PTQ, DPU constraint (signed acts, pow2 biases)"),
+            ("mct_gptq", "MCT GPTQ, DPU constraint"),
+            ("mct_ptq_mct_default", "MCT PTQ, MCT default (unsigned after ReLU, float biases)"),
+            ("mct_gptq_mct_default", "MCT GPTQ, MCT default"),
+            ("mct_ptq_signed_only", "MCT PTQ, signed acts, float biases"),
+            ("mct_ptq_bias_only", "MCT PTQ, unsigned after ReLU, pow2 biases")]
+    lines = []
+    for kind in args.models.split(","):
+        values = dict(ours.get(kind, {}))
+        for tag in ("", "_ablation"):
+            path = os.path.join(args.work_dir, f"mct_{kind}{args.tag if not tag else tag}.json")
+            if os.path.exists(path):
+                with open(path, encoding="utf-8") as f:
+                    theirs = json.load(f)
+                values.update({k: v for k, v in theirs.items() if k.startswith("mct_") and v})
+                values.setdefault("float", theirs.get("float"))
+        lines += [f"**{kind}** (float {100 * values['float']:.1f} %; accuracy in %, 1,000 "
+                  "held-out images)", "",
+                  "| method | " + " | ".join(("W8A8", "W6A6", "W4A4", "W4A8")) + " |",
+                  "| --- |" + " ---: |" * len(labels)]
+        for key, name in rows:
+            if key in values:
+                cells = [f"{100 * values[key][l]:.1f}" if l in values[key] else "-"
+                         for l in labels]
+                lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append("")
+    print("\n".join(lines))
 
 
 def main(argv=None):
@@ -383,8 +429,12 @@ def main(argv=None):
     parser.add_argument("--strict", action="store_true", help="raise on the first MCT error")
     parser.add_argument("--decent_q", action="store_true",
                         help="run decent_q (project venv) instead of MCT")
+    parser.add_argument("--table", action="store_true",
+                        help="print the markdown table of the json files in --work_dir")
     args = parser.parse_args(argv)
-    if args.decent_q:
+    if args.table:
+        table(args)
+    elif args.decent_q:
         run_decent_q(args)
     else:
         run_mct(args)
