@@ -24,7 +24,9 @@ weights, 8-bit activations).
   finetune   the float model trained further in float with the QAT budget (the reference
              for QAT).
   ptq        decent_q.quantize_frozen on the frozen float graph, each PTQ_VARIANTS row (method
-             0/1/2 x do_cle 0/1) at each column, --calib_batches batches of 50 training images.
+             0/1/2 x do_cle 0/1; method 1 with bias_correction 2, with fast finetune, with CLE
+             and fast finetune, with AdaRound fast finetune) at each column, --calib_batches
+             batches of 50 training images (the same images calibrate and finetune).
   qat        decent_q CreateQuantizeTrainingGraph from the float weights, --qat_steps steps of
              batch 64, Adam(lr --qat_lr); then the evaluation + deploy graphs; each column.
   tfmot      tfmot.quantization.keras.quantize_model (8 bit), same steps, batches, optimizer, lr.
@@ -505,8 +507,9 @@ def collect(work, models=MODELS):
         if tuned is not None:
             rows["float + QAT fine-tune budget (float)"] = {c: tuned["acc"] for c in columns}
         ptq = _load_json(os.path.join(work, f"ptq_{kind}.json"))
-        if ptq is not None:
-            rows.update(ptq["rows"])
+        if ptq is not None:  # in PTQ_VARIANTS order (the file's keys are sorted)
+            rows.update((label, ptq["rows"][label]) for label, _ in PTQ_VARIANTS
+                        if label in ptq["rows"])
         qat = {}
         for c in columns:
             result = _load_json(os.path.join(work, f"qat_{kind}_{c}.json"))

@@ -15,35 +15,36 @@ Writes ``mct_{kind}{--tag}.json`` into --work_dir::
 MCT does not live in the project venv (it pins nothing, but it refuses TensorFlow >= 2.16, see
 below); it runs from a venv of its own::
 
-    python3.11 -m venv /work/mct-venv
-    /work/mct-venv/bin/pip install "tensorflow==2.21.*" "tf_keras==2.21.*" \\
+    python3.11 -m venv $MCT_VENV
+    $MCT_VENV/bin/pip install "tensorflow==2.21.*" "tf_keras==2.21.*" \\
         model-compression-toolkit mlxtend
     # -> tensorflow 2.21.0, tf_keras 2.21.0, keras 3.15.1, model-compression-toolkit 2.6.1,
     #    mct-quantizers 1.7.0, edge-mdt-cl 1.1.1, mlxtend 0.23.4
 
     # MCT's supported TensorFlow (the reference run):
-    python3.11 -m venv /work/mct215-venv
-    /work/mct215-venv/bin/pip install "tensorflow==2.15.*" model-compression-toolkit==2.6.1 mlxtend
+    python3.11 -m venv $MCT215_VENV
+    $MCT215_VENV/bin/pip install "tensorflow==2.15.*" model-compression-toolkit==2.6.1 mlxtend
 
 Float weights: accuracy.py's float worker (project venv)::
 
-    PYTHONPATH=. python benchmarks/accuracy.py --worker float --work_dir /tmp/mct_work \\
-        --float_steps 600 --qat_steps 300 --qat_lr 1e-4 --calib_batches 10
+    for m in cnn resnet; do PYTHONPATH=. python benchmarks/accuracy.py --worker float \\
+        --model $m --work_dir /tmp/mct_work --float_steps 600; done
 
 Then (no PYTHONPATH needed; the script puts the repo root and examples/ on sys.path)::
 
-    /work/mct-venv/bin/python benchmarks/mct_compare.py --work_dir /tmp/mct_work
-    /work/mct215-venv/bin/python benchmarks/mct_compare.py --work_dir /tmp/mct_work --tag _tf215
+    $MCT_VENV/bin/python benchmarks/mct_compare.py --work_dir /tmp/mct_work
+    $MCT215_VENV/bin/python benchmarks/mct_compare.py --work_dir /tmp/mct_work --tag _tf215
     # the ablation rows (PTQ only): mct_{kind}_ablation.json
-    /work/mct-venv/bin/python benchmarks/mct_compare.py --work_dir /tmp/mct_work \
+    $MCT_VENV/bin/python benchmarks/mct_compare.py --work_dir /tmp/mct_work \
         --variants signed_only,bias_only --gptq_epochs 0 --tag _ablation
     # decent_q against MCT, markdown (any python; reads the json files only)
     python benchmarks/mct_compare.py --work_dir /tmp/mct_work --table
 
 --decent_q (project venv) computes decent_q's own numbers on the same weights into
-``mct_decent_q.json``: method 1 with and without do_cle, bias_correction 0 and 2::
+``mct_decent_q.json``: method 1 with and without do_cle, bias_correction 0 and 2, and fast
+finetune (DECENT_Q_VARIANTS)::
 
-    PYTHONPATH=. /work/main/.venv/bin/python benchmarks/mct_compare.py --decent_q \\
+    PYTHONPATH=. .venv/bin/python benchmarks/mct_compare.py --decent_q \\
         --work_dir /tmp/mct_work
 
 TensorFlow 2.21: model-compression-toolkit 2.6.1 (the newest) installs, but
@@ -328,6 +329,18 @@ def run_mct(args):
 
 # -- decent_q on the same weights (project venv) ---------------------------------------------
 
+# decent_q's rows (method 1 each): key in mct_decent_q.json, QuantizeConfig options, label.
+DECENT_Q_VARIANTS = (
+    ("decent_q_m1", {}),
+    ("decent_q_m1_cle", dict(do_cle=1)),
+    ("decent_q_m1_bc2", dict(bias_correction=2)),
+    ("decent_q_m1_cle_bc2", dict(do_cle=1, bias_correction=2)),
+    ("decent_q_m1_ft", dict(include_fast_ft=1)),
+    ("decent_q_m1_cle_ft", dict(do_cle=1, include_fast_ft=1)),
+    ("decent_q_m1_ft_adaround", dict(include_fast_ft=1, fast_ft_mode=1)),
+)
+
+
 def run_decent_q(args):
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
     tf.compat.v1.disable_v2_behavior()
@@ -348,25 +361,22 @@ def run_decent_q(args):
         rows = results[kind] = {"float_frozen": accuracy._graph_accuracy(
             tf, frozen, test_x, test_y)}
         for label, w_bits, a_bits in CONFIGS:
-            for cle in (0, 1):
-                for bc in (0, 2):
-                    out = os.path.join(args.work_dir, f"dq_{kind}_{label}_{cle}_{bc}")
-                    config = decent_q.QuantizeConfig(
-                        input_nodes=[accuracy.INPUT_NODE], output_nodes=[accuracy.OUTPUT_NODE],
-                        input_shapes=[[-1, 28, 28, 1]], weight_bit=w_bits, activation_bit=a_bits,
-                        calib_iter=args.calib_batches, method=1, do_cle=cle, bias_correction=bc,
-                        output_dir=out)
-                    start = time.time()
-                    paths = decent_q.quantize_frozen(frozen, input_fn, config, progress=False)
-                    seconds = time.time() - start
-                    eval_gd = tf.compat.v1.GraphDef()
-                    with open(paths["quantize_eval_model"], "rb") as f:
-                        eval_gd.ParseFromString(f.read())
-                    acc = accuracy._graph_accuracy(tf, eval_gd, test_x, test_y)
-                    key = "decent_q_m1" + ("_cle" if cle else "") + (f"_bc{bc}" if bc else "")
-                    rows.setdefault(key, {})[label] = acc
-                    rows.setdefault("seconds", {})[f"{key} {label}"] = round(seconds, 1)
-                    print(f"{kind} {key} {label}: {acc:.4f} ({seconds:.1f} s)", flush=True)
+            for key, options in DECENT_Q_VARIANTS:
+                out = os.path.join(args.work_dir, f"dq_{kind}_{label}_{key}")
+                config = decent_q.QuantizeConfig(
+                    input_nodes=[accuracy.INPUT_NODE], output_nodes=[accuracy.OUTPUT_NODE],
+                    input_shapes=[[-1, 28, 28, 1]], weight_bit=w_bits, activation_bit=a_bits,
+                    calib_iter=args.calib_batches, method=1, output_dir=out, **options)
+                start = time.time()
+                paths = decent_q.quantize_frozen(frozen, input_fn, config, progress=False)
+                seconds = time.time() - start
+                eval_gd = tf.compat.v1.GraphDef()
+                with open(paths["quantize_eval_model"], "rb") as f:
+                    eval_gd.ParseFromString(f.read())
+                acc = accuracy._graph_accuracy(tf, eval_gd, test_x, test_y)
+                rows.setdefault(key, {})[label] = acc
+                rows.setdefault("seconds", {})[f"{key} {label}"] = round(seconds, 1)
+                print(f"{kind} {key} {label}: {acc:.4f} ({seconds:.1f} s)", flush=True)
     path = os.path.join(args.work_dir, f"mct_decent_q{args.tag}.json")
     with open(path, "w", encoding="utf-8") as f:
         json.dump(results, f, indent=1, sort_keys=True)
@@ -382,6 +392,9 @@ def table(args):
             ("decent_q_m1_cle", "decent_q PTQ method 1 + CLE"),
             ("decent_q_m1_bc2", "decent_q PTQ method 1 + bias_correction 2"),
             ("decent_q_m1_cle_bc2", "decent_q PTQ method 1 + CLE + bias_correction 2"),
+            ("decent_q_m1_ft", "decent_q PTQ method 1 + fast finetune"),
+            ("decent_q_m1_cle_ft", "decent_q PTQ method 1 + CLE + fast finetune"),
+            ("decent_q_m1_ft_adaround", "decent_q PTQ method 1 + fast finetune (AdaRound)"),
             ("mct_ptq", "MCT PTQ, DPU constraint (signed acts, pow2 biases)"),
             ("mct_gptq", "MCT GPTQ, DPU constraint"),
             ("mct_ptq_mct_default", "MCT PTQ, MCT default (unsigned after ReLU, float biases)"),
@@ -414,7 +427,7 @@ def table(args):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work_dir", required=True, help="holds float_{kind}.npz")
-    parser.add_argument("--models", default=",".join(accuracy.MODELS))
+    parser.add_argument("--models", default="cnn,resnet")
     parser.add_argument("--configs", default="", help="subset of 8,6,4,W4A8 (default: all)")
     parser.add_argument("--calib_batches", type=int, default=10)
     parser.add_argument("--gptq_epochs", type=int, default=20,

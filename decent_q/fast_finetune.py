@@ -14,7 +14,9 @@ on the calibration batches; then the activations are calibrated again
                 mean((layer_q(x_q) - y)^2)                                   (_Tuner.tune)
            the layer keeps the new parameters only if that error went down
       -> the finetuned weights and biases go into both GraphDefs; calibration runs again on
-         the finetuned float model and the eval model is built anew          (finetune)
+         the finetuned float model; of the eval models with the new and with the first
+         activation positions, the one whose outputs are closer to the float model's on the
+         calibration batches is kept                                          (finetune)
 
 layer_q is the layer as the eval model computes it: compute op, [BatchToSpaceND], bias op and
 activation, with its weights and bias quantized by its FixNeurons at their calibrated
@@ -87,7 +89,11 @@ class Result:
     kept: Dict[str, str]     # compute op -> why its parameters were left as they were
     skipped: Dict[str, str]  # compute op -> why it was not finetuned
     passes: int
-    seconds: Dict[str, float]  # wall time: collect (model runs), tune, calibrate (again)
+    seconds: Dict[str, float]  # wall time: collect (model runs), tune, calibrate (again),
+    # compare (the two candidate eval models)
+    activations: str  # whose activation positions the eval model has: "calibrated again" or
+    # "first calibration"
+    output_errors: Dict[str, float]  # candidate -> its output MSE against float (calibration)
 
 
 def finetune(float_graph_def, eval_graph_def, plan, batches, config, s_config=None,
@@ -157,18 +163,65 @@ def finetune(float_graph_def, eval_graph_def, plan, batches, config, s_config=No
         for point in (target.weight_fix, target.bias_fix):
             if point is not None:
                 positions[point] = calibrated[point]
-    eval_ft = appliers.apply_to_graph_def(float_ft, plan, positions,
-                                          arch_type=config.arch_type)
+    candidates = {"calibrated again": positions, "first calibration": calibrated}
+    models = {name: appliers.apply_to_graph_def(float_ft, plan, found,
+                                                arch_type=config.arch_type)
+              for name, found in candidates.items()}
+    start = time.perf_counter()
+    output_errors = _output_errors(models, float_graph_def, plan, batches, config, s_config,
+                                   input_fn_name)
+    seconds["compare"] = time.perf_counter() - start
+    # The new calibration unless the first one's positions are closer to float (a tie keeps
+    # the new one).
+    chosen = min(output_errors,
+                 key=lambda name: (output_errors[name], name != "calibrated again"))
+    eval_ft = models[chosen]
+    log.info("fast finetune: activation positions of the %s (output MSE against float on the "
+             "calibration batches: %s)", chosen,
+             ", ".join(f"{name} {error:.4g}" for name, error in output_errors.items()))
     log.info("fast finetune (%s, %d epochs): %d layer(s) in %d pass(es), %d kept their "
              "calibrated parameters, %d left alone; %.1f s running the models for the "
-             "layers' data, %.1f s finetuning, %.1f s calibrating again",
+             "layers' data, %.1f s finetuning, %.1f s calibrating again, %.1f s choosing",
              _MODE_NAMES[config.fast_ft_mode], config.fast_ft_epochs, len(targets) - len(kept),
              len(groups), len(kept), len(skipped), seconds["collect"], seconds["tune"],
-             seconds["calibrate"])
-    return Result(eval_ft, float_ft, errors, kept, skipped, len(groups), seconds)
+             seconds["calibrate"], seconds["compare"])
+    return Result(eval_ft, float_ft, errors, kept, skipped, len(groups), seconds, chosen,
+                  output_errors)
 
 
 _MODE_NAMES = {0: "AdaQuant", 1: "AdaRound"}
+
+
+def _output_errors(models, float_graph_def, plan, batches, config, s_config, input_fn_name):
+    """{name: mean over the calibration batches of the MSE of the output nodes' tensors (after
+    their FixNeurons where they have one) against the float model} for each eval model of
+    {name: GraphDef}."""
+    aliases = appliers.output_aliases(plan, config.output_nodes)
+    options = calibrate.session_config(config, s_config)
+
+    def outputs(graph_def, names):
+        graph = utils.import_graph(graph_def)
+        fetches = [graph.get_tensor_by_name(tensor_name(n)) for n in names]
+        found = []
+        with tf.compat.v1.Session(graph=graph, config=options) as sess:
+            for step in range(config.calib_iter):
+                feed = inputs.feed_dict(graph, batches(step), step, input_fn_name)
+                try:
+                    found.append(sess.run(fetches, feed))
+                except tf.errors.OpError as err:
+                    raise QuantizeError(f"fast finetune failed on batch {step}: "
+                                        f"{op_error_text(err)}") from err
+        return found
+
+    want = outputs(float_graph_def, config.output_nodes)
+    names = [aliases.get(n, n) for n in config.output_nodes]
+    errors = {}
+    for name, graph_def in models.items():
+        got = outputs(graph_def, names)
+        errors[name] = math.fsum(float(np.mean(np.square(g.astype(np.float64) - w)))
+                                 for gs, ws in zip(got, want) for g, w in zip(gs, ws)) / \
+            max(len(want), 1)
+    return errors
 
 
 def _targets(graph_def, plan):

@@ -48,8 +48,8 @@ def _digits_accuracy(digits, folder, **kwargs):
 
 def test_recovers_the_accuracy_4_bit_weights_lose(digits, tmp_path):
     """The user's outcome: held-out accuracy of the written eval model. Measured: float 95.3;
-    W4A8 86.5 -> 95.3 (mode 0) / 92.5 (mode 1); W4A4 78.5 -> 94.9 / 90.3; 8 bit 95.3 ->
-    95.2 / 95.4."""
+    W4A8 86.5 -> 95.3 (mode 0) / 95.4 (mode 1); W4A4 78.5 -> 94.9 / 94.1; 8 bit 95.3 ->
+    95.2 (mode 0)."""
     _, float_acc, _ = digits
     for weights, activations in ((4, 8), (4, 4)):
         bits = dict(weight_bit=weights, activation_bit=activations)
@@ -59,7 +59,8 @@ def test_recovers_the_accuracy_4_bit_weights_lose(digits, tmp_path):
                                     **bits)
         assert plain < float_acc - 0.05, (weights, activations, plain, float_acc)
         assert adaquant > float_acc - 0.015, (weights, activations, adaquant, float_acc)
-        assert adaround > plain + 0.03, (weights, activations, adaround, plain)
+        assert adaround > max(plain + 0.03, float_acc - 0.03), (weights, activations,
+                                                                adaround, plain)
     assert _digits_accuracy(digits, tmp_path / "m8", include_fast_ft=1) > float_acc - 0.005
 
 
@@ -115,6 +116,33 @@ def _parameter_consts(done):
     return [nm[point].input[0] for layer in done.plan.layers
             if layer.compute not in done.fast_finetune.kept
             for point in (layer.weight_point, layer.bias_point) if point]
+
+
+def test_the_activation_positions_closer_to_float_are_kept(monkeypatch):
+    """Calibrating again can move activation positions away from those the layers were
+    finetuned with (measured: MobileNetV2 W4A4, 30.9 % against 86.2 % with the first
+    positions); the eval model closer to float on the calibration batches is kept."""
+    done = _calibrated(include_fast_ft=1)
+    result = done.fast_finetune
+    assert set(result.output_errors) == {"calibrated again", "first calibration"}
+    assert result.activations == min(result.output_errors, key=result.output_errors.get)
+    first = quantized.positions(_calibrated().eval_graph_def)
+    # Make the second calibration useless: every activation 3 positions coarser than needed.
+    real = fast_finetune.calibrate.calibrate_positions
+    calls = []
+
+    def coarse(*args, **kwargs):
+        found = real(*args, **kwargs)
+        calls.append(1)
+        return found if len(calls) == 1 else {
+            name: pos - 3 if name.endswith("aquant") else pos for name, pos in found.items()}
+
+    monkeypatch.setattr(fast_finetune.calibrate, "calibrate_positions", coarse)
+    done = _calibrated(include_fast_ft=1)
+    assert done.fast_finetune.activations == "first calibration"
+    positions = quantized.positions(done.eval_graph_def)
+    assert {n: p for n, p in positions.items() if n.endswith("aquant")} == \
+        {n: p for n, p in first.items() if n.endswith("aquant")}
 
 
 def test_layer_forms_atrous_transposed_and_without_bias():
