@@ -556,6 +556,7 @@ def plot(table, path):
     fig, axes = plt.subplots(1, len(table), figsize=(6 * len(table), 4.5), sharey=False,
                              squeeze=False)
     for ax, (kind, rows) in zip(axes[0], table.items()):
+        ax.set_prop_cycle(color=plt.cm.tab20.colors)  # one colour per row (up to 20 rows)
         for label, accs in rows.items():
             equal = [i for i, c in enumerate(columns) if c in accs and not c.startswith("W")]
             mixed = [i for i, c in enumerate(columns) if c in accs and c.startswith("W")]
