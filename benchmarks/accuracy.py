@@ -289,12 +289,7 @@ def worker_ptq(args):
             out = os.path.join(args.work_dir, f"ptq_{kind}_{col}_{_slug(kwargs)}")
             config = _config(decent_q, out, weight_bit, activation_bit,
                              calib_iter=args.calib_batches, **kwargs)
-            start = time.time()
-            paths = decent_q.quantize_frozen(frozen, input_fn, config, progress=False)
-            seconds = time.time() - start
-            eval_gd = tf.compat.v1.GraphDef()
-            with open(paths["quantize_eval_model"], "rb") as f:
-                eval_gd.ParseFromString(f.read())
+            eval_gd, seconds = common.quantize_timed(decent_q, tf, frozen, input_fn, config)
             acc = _graph_accuracy(tf, eval_gd, test_x, test_y)
             results["rows"].setdefault(label, {})[col] = acc
             results["seconds"].setdefault(label, {})[col] = seconds

@@ -18,7 +18,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 
 import numpy as np
 
@@ -27,6 +26,7 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 
 import accuracy  # noqa: E402  (benchmarks/accuracy.py; puts examples/ on sys.path)
+import common  # noqa: E402  (benchmarks/common.py)
 import data  # noqa: E402  (examples/data.py)
 
 MODELS = ("cnn", "resnet")  # of accuracy.MODELS: the models of the README's tables
@@ -85,12 +85,7 @@ def worker(args):
                 activation_bit=8 if act == "8" else bits, method=1,
                 calib_iter=args.calib_batches, bias_correction=correct,
                 output_dir=os.path.join(args.work_dir, f"bc_{kind}_{bits}_{act}_{correct}"))
-            start = time.time()
-            paths = decent_q.quantize_frozen(frozen, input_fn, config, progress=False)
-            seconds = time.time() - start
-            eval_gd = tf.compat.v1.GraphDef()
-            with open(paths["quantize_eval_model"], "rb") as f:
-                eval_gd.ParseFromString(f.read())
+            eval_gd, seconds = common.quantize_timed(decent_q, tf, frozen, input_fn, config)
             row = _metrics(_logits(tf, eval_gd, test_x), want, test_y)
             row["quantize_s"] = seconds
             rows[f"w{bits}_a{act}_bc{correct}"] = row

@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 
 def tflite_int8(model, calib):
@@ -22,6 +23,18 @@ def tflite_int8(model, calib):
     converter.inference_input_type = tf.int8
     converter.inference_output_type = tf.int8
     return converter.convert()
+
+
+def quantize_timed(decent_q, tf, frozen, input_fn, config):
+    """decent_q.quantize_frozen of `frozen` (progress off); returns (the written eval model's
+    GraphDef, seconds the quantization took)."""
+    start = time.time()
+    paths = decent_q.quantize_frozen(frozen, input_fn, config, progress=False)
+    seconds = time.time() - start
+    eval_gd = tf.compat.v1.GraphDef()
+    with open(paths["quantize_eval_model"], "rb") as f:
+        eval_gd.ParseFromString(f.read())
+    return eval_gd, seconds
 
 
 def run_json(script, argv, env):

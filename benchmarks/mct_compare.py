@@ -107,6 +107,7 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, ROOT)
 
 import accuracy  # noqa: E402  pylint: disable=wrong-import-position
+import common  # noqa: E402  pylint: disable=wrong-import-position
 import data  # noqa: E402  pylint: disable=wrong-import-position
 
 CONFIGS = (("8", 8, 8), ("6", 6, 6), ("4", 4, 4), ("W4A8", 4, 8))
@@ -367,12 +368,7 @@ def run_decent_q(args):
                     input_nodes=[accuracy.INPUT_NODE], output_nodes=[accuracy.OUTPUT_NODE],
                     input_shapes=[[-1, 28, 28, 1]], weight_bit=w_bits, activation_bit=a_bits,
                     calib_iter=args.calib_batches, method=1, output_dir=out, **options)
-                start = time.time()
-                paths = decent_q.quantize_frozen(frozen, input_fn, config, progress=False)
-                seconds = time.time() - start
-                eval_gd = tf.compat.v1.GraphDef()
-                with open(paths["quantize_eval_model"], "rb") as f:
-                    eval_gd.ParseFromString(f.read())
+                eval_gd, seconds = common.quantize_timed(decent_q, tf, frozen, input_fn, config)
                 acc = accuracy._graph_accuracy(tf, eval_gd, test_x, test_y)
                 rows.setdefault(key, {})[label] = acc
                 rows.setdefault("seconds", {})[f"{key} {label}"] = round(seconds, 1)
