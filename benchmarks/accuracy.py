@@ -79,6 +79,14 @@ PTQ_VARIANTS = (
     ("decent_q PTQ method 1 + fast finetune (AdaRound)",
      dict(method=1, include_fast_ft=1, fast_ft_mode=1)),
 )
+# decent_q QAT rows: (row label, result-file tag, QuantizeConfig keyword arguments), each run at
+# every column; "half" stands for half the QAT steps (fold_bn_freeze_step).
+QAT_VARIANTS = (
+    ("decent_q QAT", "", dict()),
+    ("decent_q QAT, batch norms frozen half way", "_freeze", dict(fold_bn_freeze_step="half")),
+    ("decent_q QAT, pof2s_tqt, batch norms frozen half way", "_tqt",
+     dict(fold_bn_freeze_step="half", quantize_strategy="pof2s_tqt")),
+)
 # The first conv of each model (its Keras layer name), kept at a wider width by the probe and
 # the qat48 stage.
 FIRST_CONV = {"cnn": "conv1", "resnet": "stem", "mobilenet": "Conv1"}
@@ -307,11 +315,16 @@ def worker_qat(args):
     kind, bits = args.model, args.bits
     act = args.activation_bits or bits
     name = f"qat_{kind}_{column(bits, act)}{args.tag}"
+    options = dict(nodes_bit=_parse_nodes_bit(args.nodes_bit))
+    if args.freeze:
+        options["fold_bn_freeze_step"] = args.qat_steps // 2 if args.freeze == "half" \
+            else int(args.freeze)
+    if args.strategy:
+        options["quantize_strategy"] = args.strategy
     train_x, train_y, test_x, test_y = data.load()
     weights = _load_weights(args.work_dir, kind)
     out = os.path.join(args.work_dir, name)
     train_dir = os.path.join(out, "train")
-    nodes_bit = _parse_nodes_bit(args.nodes_bit)
 
     tf_keras.backend.clear_session()
     tf_keras.backend.set_learning_phase(1)
@@ -319,8 +332,7 @@ def worker_qat(args):
     model = build(tf_keras, kind)
     labels = tf.compat.v1.placeholder(tf.int64, [None], name="labels")
     loss = tf.compat.v1.losses.sparse_softmax_cross_entropy(labels, model.output)
-    decent_q.CreateQuantizeTrainingGraph(config=_config(decent_q, out, bits, act,
-                                                        nodes_bit=nodes_bit))
+    decent_q.CreateQuantizeTrainingGraph(config=_config(decent_q, out, bits, act, **options))
     step = tf.compat.v1.train.get_or_create_global_step()
     updates = model.updates + tf.compat.v1.get_collection(tf.compat.v1.GraphKeys.UPDATE_OPS)
     with tf.control_dependencies(updates):
@@ -343,7 +355,7 @@ def worker_qat(args):
     tf_keras.backend.clear_session()
     tf_keras.backend.set_learning_phase(0)
     build(tf_keras, kind)
-    config = _config(decent_q, out, bits, act, nodes_bit=nodes_bit)
+    config = _config(decent_q, out, bits, act, **options)
     decent_q.CreateQuantizeEvaluationGraph(config=config)
     files = decent_q.CreateQuantizeDeployGraph(checkpoint=train_dir, config=config)
     eval_gd = tf.compat.v1.GraphDef()
@@ -505,13 +517,14 @@ def collect(work, models=MODELS):
         if ptq is not None:  # in PTQ_VARIANTS order (the file's keys are sorted)
             rows.update((label, ptq["rows"][label]) for label, _ in PTQ_VARIANTS
                         if label in ptq["rows"])
-        qat = {}
-        for c in columns:
-            result = _load_json(os.path.join(work, f"qat_{kind}_{c}.json"))
-            if result is not None:
-                qat[c] = result["acc"]
-        if qat:
-            rows["decent_q QAT"] = qat
+        for label, tag, _ in QAT_VARIANTS:
+            qat = {}
+            for c in columns:
+                result = _load_json(os.path.join(work, f"qat_{kind}_{c}{tag}.json"))
+                if result is not None:
+                    qat[c] = result["acc"]
+            if qat:
+                rows[label] = qat
         extra = _load_json(os.path.join(work, f"qat_{kind}_4_first_last_8.json"))
         if extra is not None:
             rows["decent_q QAT, first/last layer 8 bit"] = {"4": extra["acc"]}
@@ -597,6 +610,9 @@ def main(argv=None):
     parser.add_argument("--activation_bits", type=int, default=None,
                         help="qat worker: activation bit width (default: --bits)")
     parser.add_argument("--nodes_bit", default="")
+    parser.add_argument("--freeze", default="",
+                        help="qat worker: fold_bn_freeze_step (a step, or 'half' of --qat_steps)")
+    parser.add_argument("--strategy", default="", help="qat worker: quantize_strategy")
     parser.add_argument("--tag", default="")
     parser.add_argument("--skip", default="", help="comma-separated stages already done")
     args = parser.parse_args(argv)
@@ -624,9 +640,12 @@ def main(argv=None):
                 spawn(stage, kind)
     if "qat" not in skip:
         for kind in models:
-            for weight_bit, activation_bit in COLUMNS:
-                spawn("qat", kind, "--bits", str(weight_bit),
-                      "--activation_bits", str(activation_bit))
+            for _, tag, options in QAT_VARIANTS:
+                extra = [f"--{'freeze' if key == 'fold_bn_freeze_step' else 'strategy'}={value}"
+                         for key, value in options.items()]
+                for weight_bit, activation_bit in COLUMNS:
+                    spawn("qat", kind, "--bits", str(weight_bit),
+                          "--activation_bits", str(activation_bit), "--tag", tag, *extra)
     if "qat48" not in skip:
         # 4 bit with the first conv's and the classifier's weights at 8 bit (a common
         # deployment choice; nodes_bit on a layer sets its weights, not its bias or input).

@@ -10,7 +10,8 @@ decent_q QAT training graph with fold_bn_freeze_step -1 (one conv with quantized
 normalised by the batch norm with batch statistics; never frozen), 0 (moving statistics from
 the start: the deploy form, what every step after a freeze step runs) and,
 for reference, QAT with the batch norms left in inference mode before the rewrite (no training
-fold at all). Steps are timed in rounds that visit every session in turn (``--steps`` steps per
+fold at all); and the first two with quantize_strategy pof2s_tqt (trained thresholds), whose
+cost is reported against the same freeze setting with pof2s. Steps are timed in rounds that visit every session in turn (``--steps`` steps per
 session per round); each figure is the median over rounds. A FULL_TRACE of a few steps splits
 the QAT step into op groups. TFMOT runs in its own process (eager, TF_USE_LEGACY_KERAS=1) and
 times ``train_on_batch`` of the float model and of ``quantize_model`` of it the same way.
@@ -67,11 +68,12 @@ def _qat_session(tf, tf_keras, decent_q, variant, work):
         labels = tf.compat.v1.placeholder(tf.int64, [None], name="labels")
         loss = tf.compat.v1.losses.sparse_softmax_cross_entropy(labels, model.output)
         if variant != "float":
-            freeze = {"qat_freeze_-1": -1, "qat_freeze_0": 0}.get(variant, -1)
+            freeze = 0 if variant.startswith("qat_freeze_0") else -1
+            strategy = "pof2s_tqt" if variant.endswith("_tqt") else "pof2s"
             decent_q.CreateQuantizeTrainingGraph(config=decent_q.QuantizeConfig(
                 input_nodes=[accuracy.INPUT_NODE], output_nodes=[accuracy.OUTPUT_NODE],
                 input_shapes=[[-1, 28, 28, 1]], output_dir=os.path.join(work, variant),
-                fold_bn_freeze_step=freeze))
+                fold_bn_freeze_step=freeze, quantize_strategy=strategy))
         step = tf.compat.v1.train.get_or_create_global_step()
         updates = model.updates + tf.compat.v1.get_collection(tf.compat.v1.GraphKeys.UPDATE_OPS)
         with tf.control_dependencies(updates):
@@ -123,7 +125,8 @@ def run_qat(args):
     import decent_q  # pylint: disable=import-outside-toplevel
     work = tempfile.mkdtemp(prefix="dq_speed_qat_")
     train_x, train_y, _, _ = data.load()
-    variants = ("float", "qat_freeze_-1", "qat_freeze_0", "qat_bn_inference")
+    variants = ("float", "qat_freeze_-1", "qat_freeze_0", "qat_bn_inference",
+                "qat_freeze_-1_tqt", "qat_freeze_0_tqt")
     sessions = {v: _qat_session(tf, tf_keras, decent_q, v, work) for v in variants}
     times = {v: [] for v in variants}
     batches = [data.batches(train_x, train_y, BATCH, i) for i in range(args.steps)]
@@ -146,6 +149,10 @@ def run_qat(args):
         x, y = batches[0]
         trace[v] = _trace_groups(tf, sess, op, {x_in: x, y_in: y})
     result["trace_ms"] = trace
+    for freeze in ("-1", "0"):
+        pof2s = times[f"qat_freeze_{freeze}"]
+        result[f"median_round_ratio_tqt_{freeze}"] = statistics.median(
+            t / q for t, q in zip(times[f"qat_freeze_{freeze}_tqt"], pof2s))
     return result
 
 
@@ -315,10 +322,15 @@ def main(argv=None):
         dq = _spawn(["qat", "--worker", "decent_q_qat", *common])
         tm = _spawn(["qat", "--worker", "tfmot_qat", *common], legacy_keras=True)
         print(json.dumps({"decent_q": dq, "tfmot": tm}, indent=1))
-        for v in ("qat_freeze_-1", "qat_freeze_0", "qat_bn_inference"):
+        for v in ("qat_freeze_-1", "qat_freeze_0", "qat_bn_inference", "qat_freeze_-1_tqt",
+                  "qat_freeze_0_tqt"):
             print(f"decent_q {v}: {dq[v]:.1f} ms / float {dq['float']:.1f} ms = "
                   f"{dq[v] / dq['float']:.2f}x (median of per-round ratios "
                   f"{dq['median_round_ratio_' + v]:.2f}x)")
+        for freeze in ("-1", "0"):
+            print(f"pof2s_tqt / pof2s QAT step, fold_bn_freeze_step {freeze}: "
+                  f"{dq[f'qat_freeze_{freeze}_tqt'] / dq[f'qat_freeze_{freeze}']:.3f}x (median "
+                  f"of per-round ratios {dq['median_round_ratio_tqt_' + freeze]:.3f}x)")
         print(f"TFMOT quantize_model: {tm['tfmot_qat']:.1f} ms / float {tm['float']:.1f} ms = "
               f"{tm['tfmot_qat'] / tm['float']:.2f}x (median of per-round ratios "
               f"{tm['median_round_ratio']:.2f}x)")

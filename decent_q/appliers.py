@@ -67,10 +67,14 @@ def _rewire_inputs(node, rewire):
                 break
 
 
-def apply_to_graph(graph, plan, phase, arch_type="DEFAULT", impl="auto"):
+def apply_to_graph(graph, plan, phase, arch_type="DEFAULT", impl="auto",
+                   trained_thresholds=False):
     """Builds every point of `plan` in the live `graph` (in place) and rewires its consumers.
 
-    `impl` chooses the FixNeuron implementation (decent_q.ops.quantize: auto, kernel, tf_ops).
+    `impl` chooses the FixNeuron implementation (decent_q.ops.quantize: auto, kernel, tf_ops);
+    `trained_thresholds` makes every weight, activation and input point a trained-threshold
+    point (quantize_strategy pof2s_tqt); bias points keep the pof2s position choice (they get
+    no gradient while batch norms fold with batch statistics, and start at 0 in new nets).
 
     Returns:
       {point name: output tensor}.
@@ -87,7 +91,8 @@ def apply_to_graph(graph, plan, phase, arch_type="DEFAULT", impl="auto"):
             targets = [(graph.get_operation_by_name(c), i) for c, i in point.consumers]
         out = ops.quantize(tensor, point.name, mode=point.mode, phase=phase,
                            bit_width=point.bit_width, method=point.method, arch_type=arch_type,
-                           impl=impl)
+                           impl=impl,
+                           trained_threshold=trained_thresholds and point.kind != "bias")
         for op, index in targets:
             edit.set_input(op, index, out)
         built[point.name] = out

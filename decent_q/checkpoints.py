@@ -63,10 +63,15 @@ def freeze(graph, checkpoint, keep):
     if missing:
         shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5
                                          else "")
+        thresholds = all(name.endswith((ops.THRESHOLD_INIT, ops.THRESHOLD_TRAINED))
+                         for name in missing)
+        hint = ("; it was trained without trained thresholds: give "
+                "CreateQuantizeEvaluationGraph the quantize_strategy the training used "
+                "(pof2s)" if thresholds else "")
         raise QuantizeError(f"checkpoint {checkpoint} does not match the evaluation graph: it "
-                            f"lacks {len(missing)} variable(s) the graph needs: {shown}. Use a "
-                            "checkpoint of the QAT training graph of this model (same "
-                            "input_nodes / output_nodes)")
+                            f"lacks {len(missing)} variable(s) the graph needs: {shown}{hint}. "
+                            "Use a checkpoint of the QAT training graph of this model (same "
+                            "input_nodes / output_nodes, same quantize_strategy)")
     by_name = {v.op.name: v for v in graph.get_collection(tf.compat.v1.GraphKeys.GLOBAL_VARIABLES)}
     for op in needed:
         shape = op.get_attr("shape") if op.type == "VarHandleOp" else op.outputs[0].shape

@@ -13,6 +13,7 @@ from decent_q.errors import ConfigError
 
 ARCH_TYPES = ("DEFAULT", "DPUCADF8H")
 FIX_NEURON_IMPLS = ("auto", "kernel", "tf_ops")  # decent_q.ops.IMPLS
+QUANTIZE_STRATEGIES = ("pof2s", "pof2s_tqt")  # docs/qat-accuracy.md
 
 
 def _opt(default, help_text, choices=None, cli=True):
@@ -87,6 +88,11 @@ class QuantizeConfig:
             "deploy form) instead of batch statistics, and the moving averages stop; -1 never "
             "freezes, 0 uses moving statistics from the start (the original's behaviour; the "
             "moving averages keep updating)", cli=False)
+    quantize_strategy: str = _opt(
+        "pof2s", "QAT: pof2s chooses each power-of-two position from the data (per batch in "
+                 "training; the most frequent one is deployed); pof2s_tqt trains a log2 "
+                 "threshold per quantization point (TQT), initialised from the first batch, "
+                 "and deploys the position it gives", choices=QUANTIZE_STRATEGIES, cli=False)
     fix_neuron_impl: str = _opt(
         "auto", "FixNeuron implementation of live (calibration / QAT) graphs: kernel (C++, CPU "
                 "only), tf_ops (standard TensorFlow ops: GPU, XLA; same numbers) or auto "

@@ -29,6 +29,21 @@ Two implementations (``impl``), the same numbers bit for bit:
   ``Q/fix`` is then an ``IdentityN`` with the same outputs (y, used_pos).
 * ``"auto"`` (the default) -- ``tf_ops`` when the point is built under a GPU device scope (or
   its input has a GPU device), or with no device given and a GPU visible; else ``kernel``.
+
+Trained thresholds (``trained_threshold=True``; QuantizeConfig ``quantize_strategy="pof2s_tqt"``,
+docs/qat-accuracy.md "Trained thresholds (quantize_strategy pof2s_tqt)") add to a point::
+
+    Q/log_th_init     float32 variable, NaN until the first CALIB / TRAIN run sets it
+    Q/log_th_trained  float32 variable, trainable, 0 at first: what training adds
+    Q/log_th          log2 of the threshold t = log_th_init + log_th_trained
+    Q/pos             bit_width - 1 - ceil(log_th), checked finite and in [-127, 127]
+
+The point quantizes at that position (``Q/fix`` in EVAL phase), so training sees the position
+the deployed model gets. The first run on a batch that is not all zeros searches the position
+p as pof2s does and sets ``log_th_init = bit_width - 1 - p - 0.5``; only that op writes
+``log_th_init`` and the optimizer writes only ``log_th_trained``, so the two never race. The
+gradient is the paper's (:func:`_trained_threshold_grad`). The histogram still counts the
+positions used; the evaluation graph reads the position from ``Q/log_th``.
 """
 
 import contextlib
@@ -46,7 +61,12 @@ MAX_POS = 127
 NUM_POS = MAX_POS - MIN_POS + 1
 ZERO_POS = 127  # the position of an all-zero tensor
 HIST_SUFFIX = "pos_hist"
+THRESHOLD_SUFFIX = "log_th"  # the tensor log2 t = log_th_init + log_th_trained
+THRESHOLD_INIT = "log_th_init"  # variable: set from the first batch
+THRESHOLD_TRAINED = "log_th_trained"  # trainable variable: what training adds
+SET_THRESHOLD = "set_log_th_init"
 POSITIONS_COLLECTION = "decent_q_positions"
+THRESHOLDS_COLLECTION = "decent_q_thresholds"  # the two variables of every TQT point
 IMPLS = ("auto", "kernel", "tf_ops")
 
 
@@ -195,7 +215,82 @@ def histogram_variables(graph):
             for v in graph.get_collection(POSITIONS_COLLECTION) if v.op.name.endswith(suffix)}
 
 
-def quantize(x, name, mode, phase, bit_width=8, method=1, arch_type="DEFAULT", impl="auto"):
+def threshold_position(log_th, bit_width):
+    """Graph: the position of log2 threshold `log_th` at `bit_width` (int32)."""
+    return tf.subtract(int(bit_width) - 1, tf.cast(tf.math.ceil(log_th), tf.int32))
+
+
+def threshold_position_np(log_th, bit_width):
+    """NumPy: the position of log2 threshold `log_th` at `bit_width`; None if not finite."""
+    log_th = float(np.float32(log_th))
+    if not np.isfinite(log_th):
+        return None
+    return int(bit_width) - 1 - int(np.ceil(log_th))
+
+
+def threshold_variables(graph):
+    """{point name: its trainable log_th_trained variable} of a live graph."""
+    suffix = "/" + THRESHOLD_TRAINED
+    return {v.op.name[:-len(suffix)]: v
+            for v in graph.get_collection(THRESHOLDS_COLLECTION) if v.op.name.endswith(suffix)}
+
+
+def _checked_threshold_position(log_th, bit_width, name, unset):
+    """Graph: threshold_position, failing the run with the point's name where the threshold
+    is not finite or the position leaves [MIN_POS, MAX_POS] (unless `unset`: not set yet)."""
+    pos = threshold_position(log_th, bit_width)
+    ok = tf.logical_and(tf.math.is_finite(log_th),
+                        tf.logical_and(log_th > -200.0, log_th < 200.0))
+    ok = tf.logical_or(unset, tf.logical_and(ok, tf.logical_and(pos >= MIN_POS,
+                                                                pos <= MAX_POS)))
+    check = tf.debugging.Assert(
+        ok, [f"decent_q: the trained threshold of quantization point {name} left the usable "
+             f"range (log2 threshold, position; positions must lie in [{MIN_POS}, {MAX_POS}]):",
+             log_th, pos, "the training diverged: lower the learning rate of the thresholds "
+             "(decent_q.qat.threshold_variables()) or of the model"],
+        name="check")
+    with tf.control_dependencies([check]):
+        return tf.identity(pos, name="checked_pos")
+
+
+def _trained_threshold_grad(y, x, log_th, pos, bit_width, mode, arch_type):
+    """y with the TQT gradient (Jain et al. 2020; straight-through for rounding and ceil): for
+    x whose code lies inside the integer range, d q / d x = 1 and d q / d log_th = ln 2 (q - x);
+    outside it, d q / d x = 0 and d q / d log_th = ln 2 q. Nothing reaches the FixNeuron that
+    computed y."""
+    high = 2.0 ** (bit_width - 1) - 1.0
+    symmetric = arch_type == "DPUCADF8H" and Mode(mode) == Mode.ACTIVATION
+    low = -high if symmetric else -high - 1.0  # the kernel's integer range
+
+    @tf.custom_gradient
+    def tqt(quantized, inputs, threshold):
+        def grad(dy):
+            scale = tf.pow(2.0, -tf.cast(pos, tf.float32))
+            scaled = inputs / scale
+            inside = tf.logical_and(scaled >= low - 0.5, scaled < high + 0.5)
+            d_inputs = tf.where(inside, dy, tf.zeros_like(dy))
+            d_threshold = tf.reduce_sum(
+                dy * tf.where(inside, quantized - inputs, quantized)) * float(np.log(2.0))
+            return None, d_inputs, tf.reshape(d_threshold, tf.shape(threshold))
+        return tf.identity(quantized), grad
+
+    return tqt(y, x, log_th)
+
+
+def _threshold_variables():
+    """The variables of a trained-threshold point, built under its name scope:
+    (Q/log_th_init, Q/log_th_trained); log2 t is their sum."""
+    collections = [tf.compat.v1.GraphKeys.GLOBAL_VARIABLES, THRESHOLDS_COLLECTION]
+    start = tf.compat.v1.Variable(float("nan"), trainable=False, name=THRESHOLD_INIT,
+                                  collections=collections)
+    trained = tf.compat.v1.Variable(0.0, trainable=True, name=THRESHOLD_TRAINED,
+                                    collections=collections +
+                                    [tf.compat.v1.GraphKeys.TRAINABLE_VARIABLES])
+    return start, trained
+
+
+def quantize(x, name, mode, phase, bit_width=8, method=1, arch_type="DEFAULT", impl="auto",
+             trained_threshold=False):
     """Builds a quantization point ``name`` on tensor ``x`` in the default (live) graph.
 
     Args:
@@ -205,6 +300,8 @@ def quantize(x, name, mode, phase, bit_width=8, method=1, arch_type="DEFAULT", i
       impl: "auto" (default), "kernel" or "tf_ops" (see the module doc). With "tf_ops" the
         computation goes where ``x`` has a device (if it has one) and the histogram and its
         update stay on the CPU (int32 state; small).
+      trained_threshold: the position comes from a trained log2 threshold (see the module
+        doc) instead of the per-batch search (CALIB / TRAIN) or the histogram (EVAL).
 
     Returns:
       The output tensor of the Identity named ``name``.
@@ -225,19 +322,48 @@ def quantize(x, name, mode, phase, bit_width=8, method=1, arch_type="DEFAULT", i
                                          name=HIST_SUFFIX,
                                          collections=[tf.compat.v1.GraphKeys.GLOBAL_VARIABLES,
                                                       POSITIONS_COLLECTION])
-            if phase == Phase.EVAL:
+            if trained_threshold:
+                start_variable, trained = _threshold_variables()
+                start = start_variable.value()
+                log_th = tf.add(start, trained.value(), name=THRESHOLD_SUFFIX)
+                if phase == Phase.EVAL:
+                    pos = tf.identity(threshold_position(log_th, bit_width), name="pos")
+                else:
+                    # Until the first run sets log_th_init (NaN before), MIN_POS - 1 makes
+                    # the kernel search the position.
+                    unset = tf.math.is_nan(start)
+                    pos = tf.where(unset, MIN_POS - 1,
+                                   _checked_threshold_position(log_th, bit_width, name, unset),
+                                   name="pos")
+            elif phase == Phase.EVAL:
                 pos = tf.identity(_kept_position(hist.value()), name="pos")
             else:
                 pos = tf.constant(0, tf.int32, name="pos")
+        fix_phase = Phase.EVAL if trained_threshold else phase
         with near_x():
-            y, used = fix_neuron_dynamic(x, pos, mode=mode, phase=phase, bit_width=bit_width,
-                                         method=method, arch_type=arch_type, name="fix",
-                                         impl=impl)
+            y, used = fix_neuron_dynamic(x, pos, mode=mode, phase=fix_phase,
+                                         bit_width=bit_width, method=method,
+                                         arch_type=arch_type, name="fix", impl=impl)
+        init = []
+        if trained_threshold and phase != Phase.EVAL:
+            with host():
+                # The first run's position p gives log_th_init = bit_width - 1 - p - 0.5 (an
+                # all-zero batch, p = ZERO_POS, leaves it unset: the next run searches again);
+                # later runs write the same value again (only this op writes it).
+                first = tf.math.is_nan(start)
+                searched = tf.cast(bit_width - 1 - used, tf.float32) - 0.5
+                keep = tf.logical_or(tf.logical_not(first), tf.equal(used, ZERO_POS))
+                init = [tf.compat.v1.assign(start_variable, tf.where(keep, start, searched),
+                                            name=SET_THRESHOLD).op]
+                log_th = tf.where(first, searched, log_th, name="threshold")
+            with near_x():
+                y = _trained_threshold_grad(y, x, log_th, used, bit_width, mode, arch_type)
         deps = []
         if phase != Phase.EVAL:
             with host():
                 # tf.group names the update "count" for ref and resource variables alike.
                 deps.append(tf.group(tf.compat.v1.assign_add(
                     hist, tf.one_hot(used - MIN_POS, NUM_POS, dtype=tf.int32)), name="count"))
+        deps += init
     with graph.as_default(), graph.name_scope(None), graph.control_dependencies(deps):
         return tf.identity(y, name=name)

@@ -330,11 +330,10 @@ class _Finder:
                         name=point_name(found.bias, "wquant"))
 
     def bias_consumers(self, conv, nodes, bias):
-        """The (op, input index) pairs that read the bias of the layer at `conv`: () for a
-        declared layer whose forward pass does not read it."""
+        """The (op, input index) pairs that read the bias of the layer at `conv`."""
         declared = self.declared.get(conv.name)
         if declared is not None:
-            return (declared.bias_consumer,) if declared.bias_consumer else ()
+            return declared.bias_consumers
         user = next(n for n in nodes if self.nm[n].op in registry.BIAS_OPS and
                     bias in [tensor_name(i) for i in self.nm[n].input])
         index = [tensor_name(i) for i in self.nm.data_inputs(self.nm[user])].index(bias)
@@ -342,7 +341,7 @@ class _Finder:
 
     def declared_layer(self, conv, declared):
         """The layer QAT's fold built at `conv` (see live.fold_batch_norms.FoldedLayer), with
-        the activation matched after it; its bias point is placed by bias_consumer."""
+        the activation matched after it; its bias point is placed by bias_consumers."""
         spec = registry.COMPUTE_OPS[conv.op]
         ins = self.nm.data_inputs(conv)
         if len(ins) <= max(spec.data_index, spec.weight_index):

@@ -147,6 +147,10 @@ def _checked_options(config, s_config, skip_check):
         config = dataclasses.replace(config, skip_check=skip_check)
     config.require_nodes()
     checks.check_output_dir(config.output_dir)
+    if config.quantize_strategy != "pof2s":
+        log.warning("quantize_strategy=%s trains thresholds during QAT; post-training "
+                    "quantization has no training and calibrates positions as pof2s does",
+                    config.quantize_strategy)
     return config, s_config
 
 

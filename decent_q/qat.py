@@ -137,6 +137,12 @@ def CreateQuantizeDeployGraph(checkpoint=None, config=None):  # pylint: disable=
     _check_evaluation_graph(graph)
     path = checkpoints.resolve_checkpoint(checkpoint)
     step = checkpoints.checkpoint_step(path)
+    if 0 < step < config.fold_bn_freeze_step:
+        log.warning("fold_bn_freeze_step=%d is beyond the step of checkpoint %s (%d): its batch "
+                    "norms were never frozen, so the run never trained with the moving "
+                    "statistics this model deploys (at 4 bit that can cost most of the "
+                    "accuracy); deploy a checkpoint past the freeze step, or freeze earlier "
+                    "(about half way)", config.fold_bn_freeze_step, path, step)
     suffix = f"_{step}_{datetime.datetime.now().strftime('%Y%m%d%H%M%S')}"
     return deploy_models(graph, path, config, suffix)
 
@@ -180,12 +186,16 @@ def switch_to_evaluation(graph):
                 f"the training graph has a batch norm in training mode ({op.name}), which an "
                 "evaluation graph cannot reuse; build the float evaluation graph "
                 "(is_training=False) and call CreateQuantizeEvaluationGraph instead")
+    thresholds = ops.threshold_variables(graph)
     for point, hist in sorted(hists.items()):
         fix = graph.get_operation_by_name(f"{point}/fix")
-        if fix.get_attr("phase") == ops.Phase.EVAL:
+        trained = point in thresholds and _has_op(graph, f"{point}/{ops.SET_THRESHOLD}")
+        if fix.get_attr("phase") == ops.Phase.EVAL and not trained:
             continue
         with graph.as_default(), graph.name_scope(f"{point}/eval_pos/"):
-            pos = ops.kept_position(hist)
+            pos = ops.threshold_position(
+                graph.get_tensor_by_name(f"{point}/{ops.THRESHOLD_SUFFIX}:0"),
+                fix.get_attr("bit_width")) if trained else ops.kept_position(hist)
         edit.set_input(fix, 1, pos)
         fix._set_attr("phase", tf.compat.v1.AttrValue(i=int(ops.Phase.EVAL)))  # pylint: disable=protected-access
         graph.get_operation_by_name(point)._remove_all_control_inputs()  # pylint: disable=protected-access
@@ -193,13 +203,30 @@ def switch_to_evaluation(graph):
     graph.add_to_collection(_QAT_COLLECTION, int(ops.Phase.EVAL))
 
 
+def _has_op(graph, name):
+    try:
+        graph.get_operation_by_name(name)
+    except KeyError:
+        return False
+    return True
+
+
 def float_variables(graph=None):
-    """The global variables of a QAT graph that a float checkpoint holds (all but histograms
-    and anything created after the rewrite, like optimizer slots, if called before them)."""
+    """The global variables of a QAT graph that a float checkpoint holds (all but histograms,
+    trained thresholds and anything created after the rewrite, like optimizer slots, if
+    called before them)."""
     graph = graph or tf.compat.v1.get_default_graph()
-    hists = {v.op.name for v in graph.get_collection(ops.POSITIONS_COLLECTION)}
+    added = {v.op.name for key in (ops.POSITIONS_COLLECTION, ops.THRESHOLDS_COLLECTION)
+             for v in graph.get_collection(key)}
     return [v for v in graph.get_collection(tf.compat.v1.GraphKeys.GLOBAL_VARIABLES)
-            if v.op.name not in hists]
+            if v.op.name not in added]
+
+
+def threshold_variables(graph=None):
+    """The trainable parts of the log2 thresholds of a QAT graph built with quantize_strategy
+    pof2s_tqt (``<point>/log_th_trained``; for an optimizer or learning rate of their own)."""
+    graph = graph or tf.compat.v1.get_default_graph()
+    return [v for _, v in sorted(ops.threshold_variables(graph).items())]
 
 
 # The README gives these as decent_q.qat.checkpoint_var_list / decent_q.qat.convert_checkpoint
@@ -217,6 +244,11 @@ def _rewrite(graph, config, phase):
     live_cleanup.clean_for_training(graph, config, phase)
     freeze_step = config.fold_bn_freeze_step if phase == ops.Phase.TRAIN else 0
     folded = live_fold.fold_batch_norms(graph, freeze_step, keep=keep)
+    if freeze_step < 0 and folded.layers and _lowest_bit(config) <= 4:
+        log.warning("%d-bit QAT with batch norms never frozen (fold_bn_freeze_step=-1): the "
+                    "deployed model uses moving statistics, which drift from the batch "
+                    "statistics training uses; set fold_bn_freeze_step to about half the run's "
+                    "steps (docs/qat-accuracy.md)", _lowest_bit(config))
     if config.simulate_dpu:
         nm = utils.NodeMap(graph.as_graph_def())
         scope = utils.range_nodes(nm, config.input_nodes, config.output_nodes) - \
@@ -230,7 +262,8 @@ def _rewrite(graph, config, phase):
                             f"{config.input_nodes} and output_nodes {config.output_nodes}; "
                             "check the node names")
     appliers.apply_to_graph(graph, plan, phase, arch_type=config.arch_type,
-                            impl=config.fix_neuron_impl)
+                            impl=config.fix_neuron_impl,
+                            trained_thresholds=config.quantize_strategy == "pof2s_tqt")
     if phase == ops.Phase.TRAIN:
         # A loss built after the rewrite from the user's Python `logits` tensor reads the float
         # output, so nothing would run the output points' counters: UPDATE_OPS (run with the
@@ -246,13 +279,19 @@ def _rewrite(graph, config, phase):
 
 # The QuantizeConfig options QAT reads. The rewrites: input_nodes, output_nodes,
 # input_shapes, ignore_nodes, weight_bit, activation_bit, nodes_bit, nodes_method, method,
-# arch_type, simulate_dpu, scale_all_avgpool, fold_bn_freeze_step; the files: output_dir;
+# arch_type, simulate_dpu, scale_all_avgpool, fold_bn_freeze_step, quantize_strategy,
+# fix_neuron_impl; the files: output_dir;
 # CreateQuantizeDeployGraph's position passes: align_concat, adjust_shift_cut,
 # adjust_shift_bias. The others are for post-training quantization, dump or the CLI.
 QAT_OPTIONS = ("input_nodes", "output_nodes", "input_shapes", "ignore_nodes", "weight_bit",
                "activation_bit", "nodes_bit", "nodes_method", "method", "arch_type",
-               "simulate_dpu", "scale_all_avgpool", "fold_bn_freeze_step", "output_dir",
-               "align_concat", "adjust_shift_cut", "adjust_shift_bias")
+               "simulate_dpu", "scale_all_avgpool", "fold_bn_freeze_step", "quantize_strategy",
+               "fix_neuron_impl", "output_dir", "align_concat", "adjust_shift_cut",
+               "adjust_shift_bias")
+
+
+def _lowest_bit(config):
+    return min([config.weight_bit, config.activation_bit] + list(config.nodes_bit.values()))
 
 
 def _check_config(config):
@@ -279,7 +318,9 @@ def _phase(graph):
     if phases:
         return ops.Phase(phases[-1])
     found = {op.get_attr("phase") for op in graph.get_operations()
-             if op.type == "FixNeuronDynamic"}
+             if op.type == "FixNeuronDynamic" and not op.name.endswith("/search")}
+    if any(op.name.endswith("/" + ops.SET_THRESHOLD) for op in graph.get_operations()):
+        return ops.Phase.TRAIN  # trained-threshold training points quantize in EVAL phase
     return ops.Phase(found.pop()) if len(found) == 1 else None
 
 

@@ -11,11 +11,14 @@ attributes as ``_fix_*``, fed by the ops under ``Q/fix_ops/``; see :mod:`decent_
 
 :func:`finalize_fix_neurons` replaces each group by ``Q = FixNeuron(x, quantize_pos=p)`` with
 ``p`` = the histogram's most frequent position (ties to the smaller; ops.kept_position_np), the
-same position the live ``Q/pos`` computes. :func:`finalize` then runs the inference clean-up,
+same position the live ``Q/pos`` computes; a trained-threshold point (quantize_strategy
+pof2s_tqt) gets ``bit_width - 1 - ceil(log_th_init + log_th_trained)`` instead
+(ops.threshold_position_np). :func:`finalize` then runs the inference clean-up,
 which folds the batch-norm folding arithmetic (``BatchNorm_Fold/weights``, ``.../bias``) into
 constants. Pure: GraphDef in, new GraphDef out.
 """
 
+import numpy as np
 import tensorflow as tf
 
 from decent_q import ops
@@ -58,7 +61,13 @@ def kept_positions(graph_def):
     """
     nm = utils.NodeMap(graph_def)
     positions = {}
-    for name in quantization_groups(graph_def):
+    for name, fix in quantization_groups(graph_def).items():
+        parts = [nm.get(f"{name}/{part}") for part in (ops.THRESHOLD_INIT, ops.THRESHOLD_TRAINED)]
+        if all(part is not None and part.op == "Const" for part in parts):
+            start = utils.const_value(parts[0])
+            log_th = start + utils.const_value(parts[1])  # float32, as the graph adds them
+            positions[name] = _threshold_position(name, fix, start, log_th)
+            continue
         hist = nm.get(f"{name}/{ops.HIST_SUFFIX}")
         if hist is None or hist.op != "Const":
             raise QuantizeError(f"quantization point {name} has no frozen histogram "
@@ -72,6 +81,24 @@ def kept_positions(graph_def):
                                 "the same input_nodes / output_nodes")
         positions[name] = pos
     return positions
+
+
+def _threshold_position(name, fix, start, log_th):
+    bit_width = fix_attrs(fix)[1]["bit_width"].i
+    pos = ops.threshold_position_np(log_th, bit_width)
+    if pos is None and np.isnan(start):
+        raise QuantizeError(f"quantization point {name} has no trained threshold in the "
+                            "checkpoint: training never ran it on a batch that was not all "
+                            "zeros. Train with data that reaches it (same input_nodes / "
+                            "output_nodes)")
+    if pos is None or not ops.MIN_POS <= pos <= ops.MAX_POS:
+        raise QuantizeError(f"quantization point {name} has the trained threshold log2 t = "
+                            f"{float(log_th)} in the checkpoint, which gives "
+                            f"{'no position' if pos is None else f'position {pos}'} (positions "
+                            f"lie in [{ops.MIN_POS}, {ops.MAX_POS}]): the training diverged. "
+                            "Deploy an earlier checkpoint, or train again with a lower learning "
+                            "rate for the thresholds (decent_q.qat.threshold_variables())")
+    return pos
 
 
 def finalize_fix_neurons(graph_def, keep=()):
