@@ -246,6 +246,7 @@ def qat_step(spec, output_dir, steps=None):
     """
     steps = steps or QAT_STEPS
     import decent_q  # pylint: disable=import-outside-toplevel
+    from decent_q.live import edit  # pylint: disable=import-outside-toplevel
     if spec.family == "keras":
         import tf_keras  # pylint: disable=import-outside-toplevel
         model = _keras_model(spec.name, spec.size, training=True)
@@ -264,7 +265,7 @@ def qat_step(spec, output_dir, steps=None):
         labels = tf.compat.v1.placeholder(tf.int64, [None])
         # The loss reads the output node's consumers' view: its quantized value.
         quantized = graph.get_tensor_by_name(f"{logits.op.name}/aquant:0") \
-            if _has_op(graph, f"{logits.op.name}/aquant") else logits
+            if edit.has_op(graph, f"{logits.op.name}/aquant") else logits
         loss = tf.compat.v1.losses.sparse_softmax_cross_entropy(
             labels, tf.reshape(quantized, [-1, CLASSES]))
         updates += tf.compat.v1.get_collection(tf.compat.v1.GraphKeys.UPDATE_OPS)
@@ -277,14 +278,6 @@ def qat_step(spec, output_dir, steps=None):
     if spec.family == "keras":
         tf_keras.backend.clear_session()
     return float(losses[0]), float(losses[-1])
-
-
-def _has_op(graph, name):
-    try:
-        graph.get_operation_by_name(name)
-    except KeyError:
-        return False
-    return True
 
 
 def reason_kinds(plan):

@@ -189,7 +189,7 @@ def switch_to_evaluation(graph):
     thresholds = ops.threshold_variables(graph)
     for point, hist in sorted(hists.items()):
         fix = graph.get_operation_by_name(f"{point}/fix")
-        trained = point in thresholds and _has_op(graph, f"{point}/{ops.SET_THRESHOLD}")
+        trained = point in thresholds and edit.has_op(graph, f"{point}/{ops.SET_THRESHOLD}")
         if fix.get_attr("phase") == ops.Phase.EVAL and not trained:
             continue
         with graph.as_default(), graph.name_scope(f"{point}/eval_pos/"):
@@ -201,14 +201,6 @@ def switch_to_evaluation(graph):
         graph.get_operation_by_name(point)._remove_all_control_inputs()  # pylint: disable=protected-access
     graph.clear_collection(_QAT_COLLECTION)
     graph.add_to_collection(_QAT_COLLECTION, int(ops.Phase.EVAL))
-
-
-def _has_op(graph, name):
-    try:
-        graph.get_operation_by_name(name)
-    except KeyError:
-        return False
-    return True
 
 
 def float_variables(graph=None):

@@ -27,10 +27,16 @@ def rewire_consumers(tensor, new, skip=()):
 def free_name(graph, name):
     """`name`, or `name_1`, `name_2`, ... if an op of that name exists in `graph`."""
     candidate, k = name, 0
-    while True:
-        try:
-            graph.get_operation_by_name(candidate)
-        except KeyError:
-            return candidate
+    while has_op(graph, candidate):
         k += 1
         candidate = f"{name}_{k}"
+    return candidate
+
+
+def has_op(graph, name):
+    """Whether `graph` has an op named `name`."""
+    try:
+        graph.get_operation_by_name(name)
+    except KeyError:
+        return False
+    return True
