@@ -330,10 +330,11 @@ class _Finder:
                         name=point_name(found.bias, "wquant"))
 
     def bias_consumers(self, conv, nodes, bias):
-        """The (op, input index) pairs that read the bias of the layer at `conv`."""
+        """The (op, input index) pairs that read the bias of the layer at `conv`: () for a
+        declared layer whose forward pass does not read it."""
         declared = self.declared.get(conv.name)
         if declared is not None:
-            return declared.bias_consumers
+            return (declared.bias_consumer,) if declared.bias_consumer else ()
         user = next(n for n in nodes if self.nm[n].op in registry.BIAS_OPS and
                     bias in [tensor_name(i) for i in self.nm[n].input])
         index = [tensor_name(i) for i in self.nm.data_inputs(self.nm[user])].index(bias)
@@ -341,7 +342,7 @@ class _Finder:
 
     def declared_layer(self, conv, declared):
         """The layer QAT's fold built at `conv` (see live.fold_batch_norms.FoldedLayer), with
-        the activation matched after it; its bias point is placed by bias_consumers."""
+        the activation matched after it; its bias point is placed by bias_consumer."""
         spec = registry.COMPUTE_OPS[conv.op]
         ins = self.nm.data_inputs(conv)
         if len(ins) <= max(spec.data_index, spec.weight_index):

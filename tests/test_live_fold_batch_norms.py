@@ -114,18 +114,15 @@ def test_fold_equals_batch_norm(kind, bias, is_training):
         # One conv, reading the folded weights unscaled again; the original batch norm
         # normalises its output.
         assert conv.inputs[1].name == f"{scope}/conv_weights:0"
-        assert out.inputs[0].name == f"{scope}/with_bias_error:0"
+        assert out.inputs[0].name == f"{bn_name}:0"
         near = [conv]  # the batch norm is within three ops after the conv
         for _ in range(3):
             near += [c for op in near for c in op.outputs[0].consumers()]
         assert graph.get_operation_by_name(bn_name) in near
         layer = result.layers[conv.name]
         assert layer.weights == f"{scope}/weights:0" and layer.weights_consumers
-        # The layer's output is the batch norm's plus the bias point's error Q(b) - b.
-        assert layer.nodes[0] == conv.name and layer.nodes[-2] == bn_name
-        assert layer.nodes[-1] == f"{scope}/with_bias_error"
-        assert layer.bias_consumers == ((f"{scope}/bias_error", 0),)
-        assert bn_name not in result.exclude and f"{scope}/bias_error" in result.exclude
+        assert layer.nodes[0] == conv.name and layer.nodes[-1] == bn_name
+        assert layer.bias_consumer is None and bn_name not in result.exclude
     else:
         assert conv.inputs[1].name == f"{scope}/weights:0"
         assert out.inputs[0].name == f"{scope}/BiasAdd:0"

@@ -94,16 +94,11 @@ def test_training_graph_structure(tmp_path):
                 .get_attr("phase") == ops.Phase.TRAIN
         assert graph.get_operation_by_name("dw2/BatchNorm_Fold/weights/wquant/fix") \
             .get_attr("mode") == ops.Mode.DW_WEIGHT
-        # Layer: folded conv (quantized weights, unscaled) -> the batch norm -> + the bias
-        # point's error Q(b) - b -> relu -> aquant feeds the next layer.
+        # Layer: folded conv (quantized weights, unscaled) -> the batch norm -> relu -> aquant
+        # feeds the next layer.
         relu = graph.get_operation_by_name("conv1/Relu")
-        corrected = relu.inputs[0].op
-        assert corrected.name == "conv1/BatchNorm_Fold/with_bias_error"
-        assert corrected.inputs[0].op.name == "conv1/BatchNorm/FusedBatchNormV3"
-        assert corrected.inputs[0].op.inputs[0].op.name == "conv1/BatchNorm_Fold/conv"
-        error = graph.get_operation_by_name("conv1/BatchNorm_Fold/bias_error")
-        assert [t.op.name for t in error.inputs] == ["conv1/BatchNorm_Fold/bias/wquant",
-                                                     "conv1/BatchNorm_Fold/bias"]
+        assert relu.inputs[0].op.name == "conv1/BatchNorm/FusedBatchNormV3"
+        assert relu.inputs[0].op.inputs[0].op.name == "conv1/BatchNorm_Fold/conv"
         assert [c.name for c in relu.outputs[0].consumers()] == ["conv1/Relu/aquant/fix"]
         with pytest.raises(QuantizeError, match="already a quantize train graph"):
             decent_q.CreateQuantizeTrainingGraph(config=config(tmp_path))

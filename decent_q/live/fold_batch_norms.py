@@ -75,18 +75,18 @@ class FoldedLayer:
     """A training-graph folded layer, declared for the planner.
 
     ``nodes`` run from ``F/conv`` to ``nodes[-1]``, the op whose output the activation (or the
-    next layer) reads. ``bias_consumers`` are the (op, input index) pairs that read the
-    quantized ``F/bias``: ``F/bias_error`` (input 0) in the batch-statistics form, and
-    ``F/BiasAdd`` where the inference form is built too. ``weights_consumers`` are the (op,
-    input index) pairs that read ``F/weights`` (F/conv, or the ops that unscale them for it).
-    ``output_name`` is the name of the inference form's output op, ``F/BiasAdd``: a layer with
-    no activation after it names its output point after it, as the evaluation graph does, so
-    both graphs have the same points.
+    next layer) reads. ``bias_consumer`` is the (op, input index) reading ``F/bias``, or None
+    where the forward pass does not read it (its point is still built: its histogram gives the
+    evaluation graph's bias position). ``weights_consumers`` are the (op, input index) pairs that
+    read ``F/weights`` (F/conv, or the ops that unscale them for it). ``output_name`` is the name
+    of the inference form's
+    output op, ``F/BiasAdd``: a layer with no activation after it names its output point after
+    it, as the evaluation graph does, so both graphs have the same points.
     """
     nodes: Tuple[str, ...]
     weights: str
     bias: str
-    bias_consumers: Tuple[Tuple[str, int], ...]
+    bias_consumer: Optional[Tuple[str, int]]
     output_name: str
     weights_consumers: Tuple[Tuple[str, int], ...] = ()  # (op, input index) reading F/weights
 
@@ -182,19 +182,17 @@ def _fold(graph, m, freeze_step):
         inference = None
         if not bn.training or freeze_step >= 0:
             inference = tf.nn.bias_add(out, bias, name="BiasAdd")
-        result, corrected = _connect(m, out, scale, bias, inference, frozen, freeze_step,
-                                     moving)
+        result = _connect(m, out, scale, inference, frozen, freeze_step, moving)
     if result is not bn.output:
-        edit.rewire_consumers(bn.output, result, skip={result.op, corrected.op})
-    main, exclude = _declared_ops(graph, m, before, [conv, out, inference, corrected, result])
+        edit.rewire_consumers(bn.output, result, skip=(result.op,))
+    main, exclude = _declared_ops(graph, m, before, [conv, out, inference, result])
     layer = None
     if bn.training:
-        bias_readers = tuple([(inference.op.name, 1)] if inference is not None and
-                             inference.op.name in main else []) + \
-            (((f"{scope}/bias_error", 0),) if corrected is not inference else ())
+        reader = (inference.op.name, 1) if inference is not None and \
+            inference.op.name in main else None
         readers = tuple((op.name, i) for op in weights.consumers()
                         for i, t in enumerate(op.inputs) if t is weights)
-        layer = FoldedLayer(tuple(main), weights.name, bias.name, bias_readers,
+        layer = FoldedLayer(tuple(main), weights.name, bias.name, reader,
                             f"{scope}/BiasAdd", readers)
     parameters = [bias.name] + ([t.name for t in bn.side_inputs] if bn.training else [])
     return scope, parameters, exclude, layer
@@ -227,13 +225,12 @@ def _folded_conv(m, conv_weights):
     return conv, out
 
 
-def _connect(m, out, scale, bias, inference, frozen, freeze_step, moving):
-    """Rewires a training batch norm onto the folded conv; returns (the layer's output tensor,
-    the batch-statistics output with the bias error): F/BiasAdd, F/with_bias_error, or
-    F/output = where(frozen, F/BiasAdd, F/with_bias_error)."""
+def _connect(m, out, scale, inference, frozen, freeze_step, moving):
+    """Rewires a training batch norm onto the folded conv; returns the layer's output tensor
+    (the batch norm's, F/BiasAdd, or F/output = where(frozen, F/BiasAdd, batch norm))."""
     bn = m.bn
     if not bn.training:
-        return inference, inference
+        return inference
     unscaled = out
     if freeze_step == 0:
         # The deploy form from the start; the batch norm runs on the unscaled conv only for
@@ -244,34 +241,29 @@ def _connect(m, out, scale, bias, inference, frozen, freeze_step, moving):
     # variable keeps its name).
     edit.rewire_consumers((m.space_to_batch or m.conv).outputs[0], unscaled)
     if freeze_step == 0:
-        return inference, inference
-    # The deployed layer adds Q(F/bias) where the batch norm adds its float offset: the
-    # training output carries the difference (the planner rewires input 0 of F/bias_error to
-    # the bias point), without gradient (straight through, Q(b) - b has none).
-    error = tf.subtract(bias, bias, name="bias_error")
-    corrected = tf.nn.bias_add(bn.output, tf.stop_gradient(error), name="with_bias_error")
+        return inference
     if frozen is None:
-        return corrected, corrected
-    result = tf.where(frozen, inference, corrected, name="output")
+        return bn.output
+    result = tf.where(frozen, inference, bn.output, name="output")
     # Frozen statistics stay frozen: the moving-average updates then read the moving
     # statistics themselves (no change), as PyTorch's freeze_bn.
     for k, statistic_moving in ((1, moving[0]), (2, moving[1])):
         statistic = bn.batch_statistic(k)
         held = tf.where(frozen, statistic_moving, statistic, name=f"frozen_statistic_{k}")
         edit.rewire_consumers(statistic, held, skip=[held.op] + bn.ops)
-    return result, corrected
+    return result
 
 
 def _declared_ops(graph, m, before, built):
     """(the layer's ops from F/conv to its output, for the planner; the ops to leave out of
     the quantized range: the fold's arithmetic and what it replaced)."""
-    conv, out, inference, corrected, result = built
+    conv, out, inference, result = built
     original = ([m.bias_op] if m.bias_op is not None else []) + m.bn.chain
     if result is inference:
         main = [conv.op, out.op, inference.op]
     else:
-        main = [conv.op, out.op] + original + [corrected.op]
-        if result is not corrected:
+        main = [conv.op, out.op] + original
+        if result is not m.bn.output:
             main += [inference.op, result.op]
     main = [op.name for op in dict.fromkeys(main)]  # without atrous, out is F/conv
     created = sorted(op.name for op in graph.get_operations()
@@ -304,8 +296,7 @@ def _aliases(scope, m):
     weights = m.conv.inputs[registry.COMPUTE_OPS[m.conv.type].weight_index]
     aliases = {f"{scope}/conv": (m.conv.name,), f"{scope}/weights": _source_names(weights),
                # the layer's output, where no activation follows: the batch norm's
-               f"{scope}/BiasAdd": (m.bn.op.name,), f"{scope}/output": (m.bn.op.name,),
-               f"{scope}/with_bias_error": (m.bn.op.name,)}
+               f"{scope}/BiasAdd": (m.bn.op.name,), f"{scope}/output": (m.bn.op.name,)}
     if m.bias is not None:
         aliases[f"{scope}/bias"] = _source_names(m.bias)
     return aliases
