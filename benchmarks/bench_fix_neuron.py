@@ -98,6 +98,12 @@ def _build_ops(tf, ops):
     train_fwd = ops.quantize(xv, "train/aquant", mode=ops.Mode.ACTIVATION,
                              phase=ops.Phase.TRAIN, method=1)
     (train_grad,) = tf.gradients(train_fwd, [xv], grad_ys=upstream.value())
+    # A trained-threshold point (quantize_strategy pof2s_tqt) after its first run: quantize at
+    # the threshold's position; its backward computes the gradients of x and the threshold.
+    tqt_fwd = ops.quantize(xv, "tqt/aquant", mode=ops.Mode.ACTIVATION, phase=ops.Phase.TRAIN,
+                           method=1, trained_threshold=True)
+    tqt_grads = tf.gradients(tqt_fwd, [xv, ops.threshold_variables(xv.graph)["tqt/aquant"]],
+                             grad_ys=upstream.value())
     fq_fwd = tf.quantization.fake_quant_with_min_max_vars(xv, qmin, qmax, num_bits=8)
     fq_grads = tf.gradients(fq_fwd, [xv, qmin, qmax], grad_ys=upstream.value())
     # Ops to run as targets: a target always executes, and nothing is copied out to Python.
@@ -106,6 +112,8 @@ def _build_ops(tf, ops):
         "FixNeuron EVAL fwd": [eval_fwd.op],
         "FixNeuron TRAIN m1 fwd": [train_fwd.op],
         "FixNeuron TRAIN m1 fwd+bwd": [train_fwd.op, train_grad.op],
+        "FixNeuron TRAIN tqt fwd": [tqt_fwd.op],
+        "FixNeuron TRAIN tqt fwd+bwd": [tqt_fwd.op] + [g.op for g in tqt_grads],
         "fake_quant fwd": [fq_fwd.op],
         "fake_quant fwd+bwd": [fq_fwd.op] + [g.op for g in fq_grads],
         "_inputs": (xv, upstream.value()),  # for _build_tf_ops; not timed
@@ -153,6 +161,8 @@ def main(argv=None):
           "  (target <= 1.0)")
     print(f"TRAIN m1 fwd+bwd / fake_quant fwd+bwd "
           f"{med['FixNeuron TRAIN m1 fwd+bwd'] / med['fake_quant fwd+bwd']:.2f}  (target <= 1.5)")
+    print(f"TRAIN tqt fwd+bwd / fake_quant fwd+bwd "
+          f"{med['FixNeuron TRAIN tqt fwd+bwd'] / med['fake_quant fwd+bwd']:.2f}")
     print(f"EVAL fwd / bandwidth bound ({bound * 1e3:.2f} ms, 8 bytes/element) "
           f"{med['FixNeuron EVAL fwd'] / bound:.2f}  (target <= 1.5)")
     # min/max reads x, the candidate costs (which need p0 from the global min/max) read it

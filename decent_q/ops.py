@@ -253,28 +253,41 @@ def _checked_threshold_position(log_th, bit_width, name, unset):
         return tf.identity(pos, name="checked_pos")
 
 
-def _trained_threshold_grad(y, x, log_th, pos, bit_width, mode, arch_type):
+def _trained_threshold_grad(y, x, log_th, pos, bit_width, mode, arch_type, impl):
     """y with the TQT gradient (Jain et al. 2020; straight-through for rounding and ceil): for
     x whose code lies inside the integer range, d q / d x = 1 and d q / d log_th = ln 2 (q - x);
     outside it, d q / d x = 0 and d q / d log_th = ln 2 q. Nothing reaches the FixNeuron that
-    computed y."""
-    high = 2.0 ** (bit_width - 1) - 1.0
-    symmetric = arch_type == "DPUCADF8H" and Mode(mode) == Mode.ACTIVATION
-    low = -high if symmetric else -high - 1.0  # the kernel's integer range
+    computed y. The kernel computes both in one pass (FixNeuronTqtGrad); the TF-op path the
+    same from standard ops, the sum in float64."""
+    attrs = dict(bit_width=int(bit_width), method=1, mode=int(mode), phase=int(Phase.EVAL),
+                 arch_type=arch_type)
 
     @tf.custom_gradient
     def tqt(quantized, inputs, threshold):
         def grad(dy):
-            scale = tf.pow(2.0, -tf.cast(pos, tf.float32))
-            scaled = inputs / scale
-            inside = tf.logical_and(scaled >= low - 0.5, scaled < high + 0.5)
-            d_inputs = tf.where(inside, dy, tf.zeros_like(dy))
-            d_threshold = tf.reduce_sum(
-                dy * tf.where(inside, quantized - inputs, quantized)) * float(np.log(2.0))
+            if impl == "kernel":
+                d_inputs, total = load_library().fix_neuron_tqt_grad(dy, inputs, pos, **attrs)
+            else:
+                d_inputs, total = _tqt_grad_tf_ops(dy, inputs, quantized, pos, bit_width, mode,
+                                                   arch_type)
+            d_threshold = total * float(np.log(2.0))
             return None, d_inputs, tf.reshape(d_threshold, tf.shape(threshold))
         return tf.identity(quantized), grad
 
     return tqt(y, x, log_th)
+
+
+def _tqt_grad_tf_ops(dy, x, q, pos, bit_width, mode, arch_type):
+    """(dx, sum(dy * (inside ? q - x : q))) from standard TensorFlow ops (any device)."""
+    high = 2.0 ** (bit_width - 1) - 1.0
+    symmetric = arch_type == "DPUCADF8H" and Mode(mode) == Mode.ACTIVATION
+    low = -high if symmetric else -high - 1.0  # the kernel's integer range
+    scaled = x * tf.pow(2.0, tf.cast(pos, tf.float32))
+    inside = tf.logical_and(scaled >= low - 0.5, scaled < high + 0.5)
+    d_x = tf.where(inside, dy, tf.zeros_like(dy))
+    q64, x64 = tf.cast(q, tf.float64), tf.cast(x, tf.float64)
+    total = tf.reduce_sum(tf.cast(dy, tf.float64) * tf.where(inside, q64 - x64, q64))
+    return d_x, tf.cast(total, tf.float32)
 
 
 def _threshold_variables():
@@ -357,7 +370,8 @@ def quantize(x, name, mode, phase, bit_width=8, method=1, arch_type="DEFAULT", i
                                             name=SET_THRESHOLD).op]
                 log_th = tf.where(first, searched, log_th, name="threshold")
             with near_x():
-                y = _trained_threshold_grad(y, x, log_th, used, bit_width, mode, arch_type)
+                y = _trained_threshold_grad(y, x, log_th, used, bit_width, mode, arch_type,
+                                            impl)
         deps = []
         if phase != Phase.EVAL:
             with host():

@@ -159,11 +159,27 @@ def deploy_models(graph, checkpoint, config, suffix=""):
     and deploy_model{suffix}.pb to config.output_dir (see CreateQuantizeDeployGraph)."""
     _check_evaluation_graph(graph)
     path = checkpoints.resolve_checkpoint(checkpoint)
+    _check_strategy(graph, path)
     keep = list(config.input_nodes) + [output_alias(graph, n) for n in config.output_nodes]
     frozen = checkpoints.freeze(graph, path, keep)
     eval_gd = finalize_lib.finalize(frozen, keep)
     eval_gd = set_input_placeholders(eval_gd, config)
     return write.write_models(eval_gd, config, suffix=suffix)
+
+
+def _check_strategy(graph, checkpoint):
+    """Raises if `checkpoint` has trained thresholds that the evaluation `graph` would not read
+    (it was built with quantize_strategy pof2s: it would deploy the histograms instead)."""
+    if ops.threshold_variables(graph):
+        return  # a pof2s checkpoint lacks the thresholds: checkpoints.freeze names them
+    trained = [name for name, _ in tf.train.list_variables(checkpoint)
+               if name.endswith("/" + ops.THRESHOLD_TRAINED)]
+    if trained:
+        raise QuantizeError(f"checkpoint {checkpoint} has trained thresholds ({trained[0]} and "
+                            f"{len(trained) - 1} more): it was trained with quantize_strategy "
+                            "'pof2s_tqt'; give CreateQuantizeEvaluationGraph the same "
+                            "quantize_strategy, so that the deployed positions are the trained "
+                            "ones")
 
 
 def switch_to_evaluation(graph):
@@ -310,7 +326,7 @@ def _phase(graph):
     if phases:
         return ops.Phase(phases[-1])
     found = {op.get_attr("phase") for op in graph.get_operations()
-             if op.type == "FixNeuronDynamic" and not op.name.endswith("/search")}
+             if op.type == "FixNeuronDynamic"}
     if any(op.name.endswith("/" + ops.SET_THRESHOLD) for op in graph.get_operations()):
         return ops.Phase.TRAIN  # trained-threshold training points quantize in EVAL phase
     return ops.Phase(found.pop()) if len(found) == 1 else None

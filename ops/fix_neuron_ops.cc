@@ -2,7 +2,8 @@
 //
 //   step = 2^-p,  q = clamp(round(x * 2^p), lo, hi) * 2^-p
 //
-// Two ops share one kernel core:
+// Two ops share one kernel core (a third, FixNeuronTqtGrad, is the gradient of a
+// trained-threshold point):
 //   FixNeuron          x -> y.  The op users see in quantize_eval_model.pb. EVAL uses the
 //                      `quantize_pos` attr; CALIB and TRAIN choose p per batch (stateless).
 //   FixNeuronDynamic   (x, pos) -> (y, used_pos).  The op of live calibration / QAT graphs:
@@ -408,6 +409,52 @@ struct FixParams {
   }
 };
 
+// The gradient of a trained-threshold point (quantize_strategy pof2s_tqt, decent_q's
+// docs/qat-accuracy.md), over x[0, n) and its upstream gradient dy in one pass:
+//   inside = lo - 0.5 <= x 2^p < hi + 0.5  (the code rounds into the range; NaN: outside)
+//   dx = inside ? dy : 0
+//   returns sum(dy * (inside ? q - x : q)) in double (d loss / d log2 t is ln 2 times it)
+// with q recomputed exactly as the forward pass computed it.
+template <bool kHalfUp>
+double TqtGradBlock(const float* dy, const float* x, float* dx, int64_t n, int pos, Range r) {
+  const float scale = std::ldexp(1.0f, pos);
+  const float inv_scale = std::ldexp(1.0f, -pos);
+  const float lo = r.lo - 0.5f, hi = r.hi + 0.5f;
+  double sum = 0.0;
+  int64_t i = 0;
+#if defined(__AVX2__)
+  // Inside the range q - x is a rounding remainder, exact in float (as in BlockSquaredErrors);
+  // dy * d is exact in double.
+  const __m256 vs = _mm256_set1_ps(scale), vinv = _mm256_set1_ps(inv_scale);
+  const __m256 vlo = _mm256_set1_ps(r.lo), vhi = _mm256_set1_ps(r.hi);
+  const __m256 in_lo = _mm256_set1_ps(lo), in_hi = _mm256_set1_ps(hi);
+  __m256d acc_lo = _mm256_setzero_pd(), acc_hi = _mm256_setzero_pd();
+  for (; i + kLanes <= n; i += kLanes) {
+    const __m256 xv = _mm256_loadu_ps(x + i);
+    const __m256 dyv = _mm256_loadu_ps(dy + i);
+    const __m256 v = _mm256_mul_ps(xv, vs);
+    const __m256 inside = _mm256_and_ps(_mm256_cmp_ps(v, in_lo, _CMP_GE_OQ),
+                                        _mm256_cmp_ps(v, in_hi, _CMP_LT_OQ));
+    const __m256 q = _mm256_mul_ps(RoundClamp8<kHalfUp>(v, vlo, vhi), vinv);
+    _mm256_storeu_ps(dx + i, _mm256_and_ps(dyv, inside));
+    const __m256 d = _mm256_blendv_ps(q, _mm256_sub_ps(q, xv), inside);
+    acc_lo = _mm256_add_pd(acc_lo, _mm256_mul_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(dyv)),
+                                                 _mm256_cvtps_pd(_mm256_castps256_ps128(d))));
+    acc_hi = _mm256_add_pd(acc_hi, _mm256_mul_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(dyv, 1)),
+                                                 _mm256_cvtps_pd(_mm256_extractf128_ps(d, 1))));
+  }
+  sum = SumLanes(acc_lo, acc_hi);
+#endif
+  for (; i < n; ++i) {
+    const float v = x[i] * scale;
+    const bool inside = v >= lo && v < hi;
+    const float q = QuantizeOne<kHalfUp>(x[i], scale, inv_scale, r);
+    dx[i] = inside ? dy[i] : 0.0f;
+    sum += static_cast<double>(dy[i]) * static_cast<double>(inside ? q - x[i] : q);
+  }
+  return sum;
+}
+
 // Quantizes input 0 into output 0 (in place when the input buffer can be forwarded) and
 // sets *pos to the position used.
 Status Run(OpKernelContext* ctx, const FixParams& params, int eval_pos, int* pos) {
@@ -461,6 +508,46 @@ class FixNeuronDynamicOp : public OpKernel {
   FixParams params_;
 };
 
+// (dy, x, pos) -> (dx, d sum / d log2 t without the ln 2 factor): see TqtGradBlock. Partial
+// sums per fixed block, added in block order: the result does not depend on the threads.
+class FixNeuronTqtGradOp : public OpKernel {
+ public:
+  explicit FixNeuronTqtGradOp(OpKernelConstruction* c) : OpKernel(c) {
+    OP_REQUIRES_OK(c, params_.Read(c));
+  }
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& dy = ctx->input(0);
+    const Tensor& x = ctx->input(1);
+    const Tensor& pos_in = ctx->input(2);
+    OP_REQUIRES(ctx, dy.shape() == x.shape(),
+                errors::InvalidArgument("FixNeuronTqtGrad: dy and x shapes differ"));
+    OP_REQUIRES(ctx, TensorShapeUtils::IsScalar(pos_in.shape()),
+                errors::InvalidArgument("FixNeuronTqtGrad pos must be a scalar"));
+    const int pos = std::clamp(pos_in.scalar<int32>()(), kMinPos, kMaxPos);
+    Tensor* dx = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->forward_input_or_allocate_output({0}, 0, x.shape(), &dx));
+    Tensor* sum = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, TensorShape({}), &sum));
+    const int64_t n = x.NumElements();
+    const float* dy_data = dy.flat<float>().data();
+    const float* x_data = x.flat<float>().data();
+    float* dx_data = dx->flat<float>().data();
+    const Range r = params_.range();
+    const bool up = params_.half_up();
+    std::vector<double> partial((n + kBlock - 1) / kBlock, 0.0);
+    ForEachBlock(ctx, n, 8, [&](int64_t b, int64_t e, int64_t k) {
+      partial[k] = up ? TqtGradBlock<true>(dy_data + b, x_data + b, dx_data + b, e - b, pos, r)
+                      : TqtGradBlock<false>(dy_data + b, x_data + b, dx_data + b, e - b, pos, r);
+    });
+    double total = 0.0;
+    for (double p : partial) total += p;
+    sum->scalar<float>()() = static_cast<float>(total);
+  }
+
+ private:
+  FixParams params_;
+};
+
 }  // namespace
 
 REGISTER_OP("FixNeuron")
@@ -496,7 +583,29 @@ REGISTER_OP("FixNeuronDynamic")
       return OkStatus();
     });
 
+REGISTER_OP("FixNeuronTqtGrad")
+    .Input("dy: float")
+    .Input("input: float")
+    .Input("pos: int32")
+    .Output("dx: float")
+    .Output("threshold_sum: float")
+    .Attr("bit_width: int = 8")
+    .Attr("method: int = 1")
+    .Attr("mode: int")
+    .Attr("phase: int")
+    .Attr("arch_type: string = 'DEFAULT'")
+    .SetShapeFn([](shape_inference::InferenceContext* c) {
+      c->set_output(0, c->input(1));
+      c->set_output(1, c->Scalar());
+      return OkStatus();
+    })
+    .Doc(R"doc(
+The gradient of a trained-threshold FixNeuron point (decent_q's docs/qat-accuracy.md): dx, and
+sum(dy * (inside ? q - x : q)), which times ln 2 is the gradient of log2 of the threshold.
+)doc");
+
 REGISTER_KERNEL_BUILDER(Name("FixNeuron").Device(DEVICE_CPU), FixNeuronOp);
+REGISTER_KERNEL_BUILDER(Name("FixNeuronTqtGrad").Device(DEVICE_CPU), FixNeuronTqtGradOp);
 REGISTER_KERNEL_BUILDER(Name("FixNeuronDynamic").Device(DEVICE_CPU), FixNeuronDynamicOp);
 
 }  // namespace tensorflow

@@ -24,7 +24,7 @@ import numpy_reference as ref
 RNG = np.random.default_rng(13)
 
 
-def _point(x_value, bit_width, mode, arch_type="DEFAULT", method=1, shift=0.0):
+def _point(x_value, bit_width, mode, arch_type="DEFAULT", method=1, shift=0.0, impl="kernel"):
     """Runs a TRAIN trained-threshold point on x_value twice (the first run initialises, then
     log_th_trained is set to `shift`); returns (first output, log_th_init, second output,
     d loss / d x, d loss / d log_th, second position, upstream gradient) for
@@ -33,8 +33,9 @@ def _point(x_value, bit_width, mode, arch_type="DEFAULT", method=1, shift=0.0):
     with graph.as_default():
         x = tf.compat.v1.placeholder(tf.float32, x_value.shape)
         q = ops.quantize(x, "x/aquant", mode, ops.Phase.TRAIN, bit_width=bit_width,
-                         method=method, arch_type=arch_type, trained_threshold=True)
-        c = tf.constant(RNG.standard_normal(x_value.shape).astype(np.float32))
+                         method=method, arch_type=arch_type, trained_threshold=True, impl=impl)
+        upstream = np.random.default_rng(x_value.size).standard_normal(x_value.shape)
+        c = tf.constant(upstream.astype(np.float32))
         trained = decent_q.qat.threshold_variables(graph)[0]
         d_x, d_th = tf.gradients(tf.reduce_sum(q * c), [x, trained])
         with tf.compat.v1.Session() as sess:
@@ -47,15 +48,21 @@ def _point(x_value, bit_width, mode, arch_type="DEFAULT", method=1, shift=0.0):
     return first, start, second, gx, gth, pos, cv
 
 
+@pytest.mark.parametrize("impl", ["kernel", "tf_ops"])
 @pytest.mark.parametrize("bit_width,mode,arch", [(4, ops.Mode.ACTIVATION, "DEFAULT"),
                                                  (8, ops.Mode.WEIGHT, "DEFAULT"),
                                                  (3, ops.Mode.ACTIVATION, "DPUCADF8H"),
-                                                 (6, ops.Mode.DW_WEIGHT, "DEFAULT")])
-def test_first_run_and_gradient_match_numpy(bit_width, mode, arch):
+                                                 (6, ops.Mode.DW_WEIGHT, "DEFAULT"),
+                                                 (16, ops.Mode.ACTIVATION, "DEFAULT")])
+def test_first_run_and_gradient_match_numpy(bit_width, mode, arch, impl):
     x = (RNG.standard_normal((6, 7)) * 3).astype(np.float32)
     x[0, :3] = [40.0, -40.0, 0.0]  # saturated both ways, and zero
+    x[1, 0] = 2.0 ** -9 * 0.5  # a tie of the finer grids
+    if bit_width == 16:
+        x[0, :2] = [4e4, -4e4]
     # The second run's threshold is 2^1.25 times lower: some values saturate.
-    first, start, second, gx, gth, pos, c = _point(x, bit_width, mode, arch, shift=-1.25)
+    first, start, second, gx, gth, pos, c = _point(x, bit_width, mode, arch, shift=-1.25,
+                                                   impl=impl)
     searched = ref.search_pos(x, mode, bit_width, 1, arch)
     # The first run quantizes at the searched position and starts the threshold in the middle
     # of the interval that keeps it.
@@ -72,7 +79,22 @@ def test_first_run_and_gradient_match_numpy(bit_width, mode, arch):
     np.testing.assert_array_equal(gx, np.where(inside, c, 0.0).astype(np.float32))
     expected = math.log(2.0) * np.sum(c * np.where(inside, second - x.astype(np.float64),
                                                    second))
-    np.testing.assert_allclose(gth, expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(gth, expected, rtol=1e-6, atol=1e-6)
+
+
+def test_gradient_of_a_large_tensor_is_deterministic_and_matches_numpy():
+    # Many fixed blocks (the kernel sums per block, then over blocks in order).
+    x = (RNG.standard_normal((70000,)) * 2).astype(np.float32)
+    runs = [_point(x, 4, ops.Mode.ACTIVATION, shift=-1.0) for _ in range(2)]
+    for run in runs[1:]:
+        assert run[4] == runs[0][4]
+    _, _, second, gx, gth, pos, c = runs[0]
+    scaled = x.astype(np.float64) * 2.0 ** pos
+    inside = (scaled >= -8.5) & (scaled < 7.5)
+    np.testing.assert_array_equal(gx, np.where(inside, c, 0.0).astype(np.float32))
+    expected = math.log(2.0) * math.fsum(c.astype(np.float64) * np.where(
+        inside, second - x.astype(np.float64), second))
+    np.testing.assert_allclose(gth, expected, rtol=1e-6)
 
 
 def test_ties_and_all_zero_tensor():
@@ -201,6 +223,10 @@ def test_checkpoint_without_thresholds(tmp_path):
     with pytest.raises(QuantizeError, match="lacks .*log_th_.*the quantize_strategy the "
                                             "training used"):
         learning.deploy(BUILD, checkpoint, tqt)
+    # ... and a pof2s_tqt checkpoint given to a pof2s evaluation graph.
+    trained = _train(str(tmp_path / "t2"), 2, tqt)
+    with pytest.raises(QuantizeError, match="trained with quantize_strategy 'pof2s_tqt'"):
+        learning.deploy(BUILD, trained, plain)
     # A float checkpoint restores into the pof2s_tqt training graph through float_variables()
     # (the thresholds are not among them); the first step then sets the thresholds.
     float_checkpoint, _ = learning.train(BUILD, str(tmp_path / "float"), 3, 1e-3)
