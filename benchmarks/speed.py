@@ -3,6 +3,7 @@
     python benchmarks/speed.py qat   [--rounds 8]     # decent_q and TFMOT step-time ratios
     python benchmarks/speed.py ptq   [--repeats 2]    # frozen ResNet50: float / decent_q / TFLite
     python benchmarks/speed.py fast_ft [--repeats 1]  # frozen ResNet50: decent_q / + fast finetune
+    python benchmarks/speed.py startup [--repeats 5]  # import decent_q after import tensorflow
 
 qat: the ``resnet`` model of benchmarks/accuracy.py (7 conv + BN, batch 64, 28x28x1 MNIST
 digits), Adam. One process (TF1 graph mode) holds four sessions: float training graph;
@@ -23,6 +24,10 @@ and 10 batches of 8 random images, written once; then, each in its own process a
 deploy model written); (tflite) TFLiteConverter int8 full-integer conversion of the same Keras
 model and weights with the same 80 images as representative data. Wall time of each and the
 peak RSS (getrusage ru_maxrss) of its process.
+
+startup: ``--repeats`` fresh processes, each timing ``import tensorflow``, then ``import decent_q``
+with the kernel library loaded (``decent_q.ops.load_library()``, built and cached beforehand by
+a first process), then ``from tensorflow.contrib import decent_q`` (the drop-in alias); medians.
 
 fast_ft: the same ResNet50 and batches; (decent_q) as above, then (fast_ft) the same with
 include_fast_ft=1 (default mode 0, 10 epochs), in turn, each in its own process.
@@ -286,6 +291,20 @@ PTQ_WORKERS = {"float": ptq_float, "decent_q": ptq_decent_q, "tflite": ptq_tflit
                "fast_ft": ptq_fast_ft}
 
 
+def run_startup():
+    """Import times of one fresh process (seconds)."""
+    start = time.perf_counter()
+    import tensorflow  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+    tf_done = time.perf_counter()
+    import decent_q  # pylint: disable=import-outside-toplevel
+    decent_q.ops.load_library()
+    dq_done = time.perf_counter()
+    from tensorflow.contrib import decent_q as _  # noqa: F401  pylint: disable=import-outside-toplevel,import-error
+    alias_done = time.perf_counter()
+    return {"tensorflow": tf_done - start, "decent_q": dq_done - tf_done,
+            "contrib_alias": alias_done - dq_done}
+
+
 def _spawn(argv, legacy_keras=False):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2",
                PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
@@ -296,7 +315,7 @@ def _spawn(argv, legacy_keras=False):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=("qat", "ptq", "fast_ft"))
+    parser.add_argument("what", choices=("qat", "ptq", "fast_ft", "startup"))
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=2)
@@ -308,6 +327,8 @@ def main(argv=None):
             result = run_qat(args)
         elif args.worker == "tfmot_qat":
             result = run_tfmot(args)
+        elif args.worker == "startup":
+            result = run_startup()
         elif args.worker == "prepare":
             ptq_prepare(args.work_dir)
             result = {}
@@ -334,6 +355,15 @@ def main(argv=None):
         print(f"TFMOT quantize_model: {tm['tfmot_qat']:.1f} ms / float {tm['float']:.1f} ms = "
               f"{tm['tfmot_qat'] / tm['float']:.2f}x (median of per-round ratios "
               f"{tm['median_round_ratio']:.2f}x)")
+        return 0
+    if args.what == "startup":
+        _spawn(["startup", "--worker", "startup"])  # builds the kernel if not cached
+        runs = [_spawn(["startup", "--worker", "startup"]) for _ in range(args.repeats)]
+        med = {key: statistics.median(run[key] for run in runs) for key in runs[0]}
+        print(json.dumps({"runs": runs, "median": med}, indent=1))
+        print(f"import tensorflow {med['tensorflow']:.2f} s; import decent_q (kernel cached, "
+              f"loaded) adds {med['decent_q']:.3f} s (target <= 0.3); the tensorflow.contrib "
+              f"alias {med['contrib_alias']:.3f} s")
         return 0
     work = args.work_dir or tempfile.mkdtemp(prefix="dq_speed_ptq_")
     os.makedirs(work, exist_ok=True)
