@@ -1,8 +1,11 @@
 """Rewrite cost against graph size: synthetic conv chains through QAT and post-training quantize.
 
-    python benchmarks/scale.py [--layers 100,1000,5000] [--profile 5000]
+    python benchmarks/scale.py [--layers 100,1000,5000] [--form plain|bn_residual] [--profile 5000]
 
-Each chain is ``input [N,4,4,4] -> (Conv2D 3x3 4->4 + BiasAdd + Relu) x L -> output``. For
+Each chain (``--form plain``) is ``input [N,4,4,4] -> (Conv2D 3x3 4->4 + BiasAdd + Relu) x L ->
+output``; ``--form bn_residual`` makes each layer Conv2D + batch norm (``slim.batch_norm``, in
+training mode for QAT, so the QAT rewrite folds it; frozen inference mode for PTQ) + Relu, with
+a residual add around every two layers. For
 each L, in a fresh process: (qat) build the float training graph with variables, then time
 ``CreateQuantizeTrainingGraph`` (fold, plan, live FixNeurons, quantize_train_graph.pb written);
 (ptq) build the frozen GraphDef (constants), then time ``quantize_frozen`` with calib_iter 1
@@ -35,7 +38,9 @@ def _kernel(rng):
     return k
 
 
-def build_chain(tf, layers, variables):
+def build_chain(tf, layers, variables, form="plain"):
+    if form == "bn_residual":
+        return _build_bn_residual_chain(tf, layers, training=variables)
     rng = np.random.default_rng(0)
     x = tf.compat.v1.placeholder(tf.float32, [None, 4, 4, 4], name="input")
     for i in range(layers):
@@ -48,12 +53,32 @@ def build_chain(tf, layers, variables):
     return tf.identity(x, name="output")
 
 
-def run_qat(layers, profile=False):
+def _build_bn_residual_chain(tf, layers, training):
+    import tf_slim as slim  # pylint: disable=import-outside-toplevel
+    rng = np.random.default_rng(0)
+    x = tf.compat.v1.placeholder(tf.float32, [None, 4, 4, 4], name="input")
+    shortcut = x
+    for i in range(layers):
+        with tf.compat.v1.variable_scope(f"l{i}"):
+            kernel = tf.compat.v1.get_variable("weights", initializer=_kernel(rng))
+            y = tf.nn.conv2d(x, kernel, 1, "SAME")
+            # gamma 0.01: each residual block adds ~1 % to its input (finite at 5,000 layers)
+            y = slim.batch_norm(y, is_training=training, scale=True, scope="bn",
+                                param_initializers={"gamma": tf.constant_initializer(0.01)})
+            if i % 2 == 1:
+                y = tf.add(y, shortcut, name="residual")
+            x = tf.nn.relu(y)
+            if i % 2 == 1:
+                shortcut = x
+    return tf.identity(x, name="output")
+
+
+def run_qat(layers, profile=False, form="plain"):
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
     tf.compat.v1.disable_v2_behavior()
     import decent_q  # pylint: disable=import-outside-toplevel
     start = time.perf_counter()
-    out = build_chain(tf, layers, variables=True)
+    out = build_chain(tf, layers, variables=True, form=form)
     built = time.perf_counter()
     config = decent_q.QuantizeConfig(input_nodes=["input"], output_nodes=[out.op.inputs[0].op.name],
                                      input_shapes=[[-1, 4, 4, 4]],
@@ -71,14 +96,20 @@ def run_qat(layers, profile=False):
     return {"build_s": built - start, "rewrite_s": seconds}
 
 
-def run_ptq(layers, profile=False):
+def run_ptq(layers, profile=False, form="plain"):
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
     tf.compat.v1.disable_v2_behavior()
     import decent_q  # pylint: disable=import-outside-toplevel
     graph = tf.Graph()
     with graph.as_default():
-        out = build_chain(tf, layers, variables=False)
-    gd = graph.as_graph_def()
+        out = build_chain(tf, layers, variables=False, form=form)
+        if form == "bn_residual":  # variables (the batch norms') become constants
+            with tf.compat.v1.Session() as sess:
+                sess.run(tf.compat.v1.global_variables_initializer())
+                gd = tf.compat.v1.graph_util.convert_variables_to_constants(
+                    sess, graph.as_graph_def(), [out.op.name])
+        else:
+            gd = graph.as_graph_def()
     config = decent_q.QuantizeConfig(input_nodes=["input"], output_nodes=[out.op.inputs[0].op.name],
                                      input_shapes=[[-1, 4, 4, 4]], calib_iter=1,
                                      output_dir=tempfile.mkdtemp(prefix="dq_scale_ptq_"))
@@ -107,20 +138,21 @@ def main(argv=None):
     parser.add_argument("--layers", default="100,1000,5000")
     parser.add_argument("--profile", type=int, default=0)
     parser.add_argument("--worker", choices=("qat", "ptq"))
+    parser.add_argument("--form", choices=("plain", "bn_residual"), default="plain")
     args = parser.parse_args(argv)
     if args.profile:
-        run_qat(args.profile, profile=True)
-        run_ptq(args.profile, profile=True)
+        run_qat(args.profile, profile=True, form=args.form)
+        run_ptq(args.profile, profile=True, form=args.form)
         return 0
     sizes = [int(s) for s in args.layers.split(",")]
     if args.worker:
         fn = run_qat if args.worker == "qat" else run_ptq
-        print(json.dumps(fn(sizes[0])))
+        print(json.dumps(fn(sizes[0], form=args.form)))
         return 0
     rows = {}
     for layers in sizes:
-        qat = _spawn(["--worker", "qat", "--layers", str(layers)])
-        ptq = _spawn(["--worker", "ptq", "--layers", str(layers)])
+        qat = _spawn(["--worker", "qat", "--layers", str(layers), "--form", args.form])
+        ptq = _spawn(["--worker", "ptq", "--layers", str(layers), "--form", args.form])
         rows[layers] = {**qat, **ptq}
         print(f"{layers} layers: QAT rewrite {qat['rewrite_s']:.2f} s "
               f"({1000 * qat['rewrite_s'] / layers:.2f} ms/layer), PTQ {ptq['quantize_s']:.2f} s "

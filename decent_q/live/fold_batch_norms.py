@@ -166,7 +166,7 @@ def _fold(graph, m, freeze_step):
     """
     bn = m.bn
     step = _global_step(graph) if bn.training and freeze_step > 0 else None
-    before = {op.name for op in graph.get_operations()}
+    before = len(graph.get_operations())  # ops are listed in the order they were created
     scope = _fold_scope(graph, m.conv)
     with graph.as_default(), graph.name_scope(None), graph.name_scope(scope + "/"):
         moving = (batch_norms.moving_statistic(bn, 1) if bn.mean is not None else None,
@@ -256,7 +256,8 @@ def _connect(m, out, scale, inference, frozen, freeze_step, moving):
 
 def _declared_ops(graph, m, before, built):
     """(the layer's ops from F/conv to its output, for the planner; the ops to leave out of
-    the quantized range: the fold's arithmetic and what it replaced)."""
+    the quantized range: the fold's arithmetic and what it replaced). `before`: how many ops
+    the graph had before the fold (the fold's own ops come after them)."""
     conv, out, inference, result = built
     original = ([m.bias_op] if m.bias_op is not None else []) + m.bn.chain
     if result is inference:
@@ -266,8 +267,7 @@ def _declared_ops(graph, m, before, built):
         if result is not m.bn.output:
             main += [inference.op, result.op]
     main = [op.name for op in dict.fromkeys(main)]  # without atrous, out is F/conv
-    created = sorted(op.name for op in graph.get_operations()
-                     if op.name not in before and op.name not in main)
+    created = sorted(op.name for op in graph.get_operations()[before:] if op.name not in main)
     dead = [m.conv.name] + [op.name for op in [m.space_to_batch] + original + m.bn.ops
                             if op is not None and op.name not in main]
     return main, created + list(dict.fromkeys(dead))
