@@ -87,6 +87,7 @@ QAT_VARIANTS = (
     ("decent_q QAT, pof2s_tqt, batch norms frozen half way", "_tqt",
      dict(fold_bn_freeze_step="half", quantize_strategy="pof2s_tqt")),
 )
+QAT_FLAGS = {"fold_bn_freeze_step": "--freeze", "quantize_strategy": "--strategy"}  # qat worker
 # The first conv of each model (its Keras layer name), kept at a wider width by the probe and
 # the qat48 stage.
 FIRST_CONV = {"cnn": "conv1", "resnet": "stem", "mobilenet": "Conv1"}
@@ -641,8 +642,7 @@ def main(argv=None):
     if "qat" not in skip:
         for kind in models:
             for _, tag, options in QAT_VARIANTS:
-                extra = [f"--{'freeze' if key == 'fold_bn_freeze_step' else 'strategy'}={value}"
-                         for key, value in options.items()]
+                extra = [f"{QAT_FLAGS[key]}={value}" for key, value in options.items()]
                 for weight_bit, activation_bit in COLUMNS:
                     spawn("qat", kind, "--bits", str(weight_bit),
                           "--activation_bits", str(activation_bit), "--tag", tag, *extra)

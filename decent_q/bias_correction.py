@@ -116,11 +116,17 @@ def correct_biases(eval_graph_def, plan, batches, config, s_config=None, progres
 def _targets(graph_def, plan):
     """([_Target] in plan order, {compute: why skipped}) for the layers with a weight point."""
     nm = utils.NodeMap(graph_def)
+    return split_targets(plan, lambda layer: _target(nm, plan, layer))
+
+
+def split_targets(plan, target_of):
+    """([target_of(layer)] in plan order, {compute: reason}) over the plan's layers with a weight
+    point; `target_of` returns a target, or a string: why the layer is left alone."""
     targets, skipped = [], {}
     for layer in plan.layers:
         if layer.weight_point is None:
             continue
-        found = _target(nm, plan, layer)
+        found = target_of(layer)
         if isinstance(found, str):
             skipped[layer.compute] = found
         else:

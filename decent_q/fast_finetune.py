@@ -231,16 +231,8 @@ def _targets(graph_def, plan):
     for layer in plan.layers:
         if layer.weight_point is not None:
             readers.setdefault(layer.weight_point, []).append(layer.compute)
-    targets, skipped = [], {}
-    for layer in plan.layers:
-        if layer.weight_point is None:
-            continue
-        found = _target(nm, layer, readers[layer.weight_point])
-        if isinstance(found, str):
-            skipped[layer.compute] = found
-        else:
-            targets.append(found)
-    return targets, skipped
+    return bias_correction.split_targets(
+        plan, lambda layer: _target(nm, layer, readers[layer.weight_point]))
 
 
 def _target(nm, layer, weight_readers):

@@ -363,12 +363,11 @@ def quantize(x, name, mode, phase, bit_width=8, method=1, arch_type="DEFAULT", i
                 # The first run's position p gives log_th_init = bit_width - 1 - p - 0.5 (an
                 # all-zero batch, p = ZERO_POS, leaves it unset: the next run searches again);
                 # later runs write the same value again (only this op writes it).
-                first = tf.math.is_nan(start)
                 searched = tf.cast(bit_width - 1 - used, tf.float32) - 0.5
-                keep = tf.logical_or(tf.logical_not(first), tf.equal(used, ZERO_POS))
+                keep = tf.logical_or(tf.logical_not(unset), tf.equal(used, ZERO_POS))
                 init = [tf.compat.v1.assign(start_variable, tf.where(keep, start, searched),
                                             name=SET_THRESHOLD).op]
-                log_th = tf.where(first, searched, log_th, name="threshold")
+                log_th = tf.where(unset, searched, log_th, name="threshold")
             with near_x():
                 y = _trained_threshold_grad(y, x, log_th, used, bit_width, mode, arch_type,
                                             impl)

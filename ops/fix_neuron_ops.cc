@@ -548,6 +548,14 @@ class FixNeuronTqtGradOp : public OpKernel {
   FixParams params_;
 };
 
+// Shape function of the ops with outputs (a tensor shaped like input `kInput`, a scalar).
+template <int kInput>
+Status TensorAndScalar(shape_inference::InferenceContext* c) {
+  c->set_output(0, c->input(kInput));
+  c->set_output(1, c->Scalar());
+  return OkStatus();
+}
+
 }  // namespace
 
 REGISTER_OP("FixNeuron")
@@ -577,11 +585,7 @@ REGISTER_OP("FixNeuronDynamic")
     .Attr("mode: int")
     .Attr("phase: int")
     .Attr("arch_type: string = 'DEFAULT'")
-    .SetShapeFn([](shape_inference::InferenceContext* c) {
-      c->set_output(0, c->input(0));
-      c->set_output(1, c->Scalar());
-      return OkStatus();
-    });
+    .SetShapeFn(TensorAndScalar<0>);
 
 REGISTER_OP("FixNeuronTqtGrad")
     .Input("dy: float")
@@ -594,11 +598,7 @@ REGISTER_OP("FixNeuronTqtGrad")
     .Attr("mode: int")
     .Attr("phase: int")
     .Attr("arch_type: string = 'DEFAULT'")
-    .SetShapeFn([](shape_inference::InferenceContext* c) {
-      c->set_output(0, c->input(1));
-      c->set_output(1, c->Scalar());
-      return OkStatus();
-    })
+    .SetShapeFn(TensorAndScalar<1>)
     .Doc(R"doc(
 The gradient of a trained-threshold FixNeuron point (decent_q's docs/qat-accuracy.md): dx, and
 sum(dy * (inside ? q - x : q)), which times ln 2 is the gradient of log2 of the threshold.
