@@ -150,7 +150,8 @@ def test_quantize_train_adds_only_quantization_points(tmp_path):
     dq.quantize_train(meta_graph(), config(tmp_path))
     meta = load(tmp_path / "quantize_train" / "quantize_train.ckpt.meta",
                 tf.compat.v1.MetaGraphDef)
-    new = {n.name for n in meta.graph_def.node} - original
+    # the points, and the one op grouping their counters for UPDATE_OPS
+    new = {n.name for n in meta.graph_def.node} - original - {"decent_q_counters"}
     points = {name.split("/aquant")[0] + "/aquant" if "/aquant" in name else
               name.split("/wquant")[0] + "/wquant" for name in new}
     assert points == set(POSITIONS)
@@ -211,8 +212,13 @@ def test_create_quantize_training_graph_names_points_as_the_original(tmp_path):
         q_lib.CreateQuantizeTrainingGraph(config=config(tmp_path))
         new = [op for op in graph.get_operations() if op.name not in before]
     assert {op.name for op in new if op.name in POSITIONS} == set(POSITIONS)
+    # every new op belongs to a point, but the one that groups their counters (UPDATE_OPS)
     assert all(any(op.name == p or op.name.startswith(p + "/") for p in POSITIONS)
-               for op in new)
+               for op in new if op.name != "decent_q_counters")
+    counters = graph.get_operation_by_name("decent_q_counters")
+    assert graph.get_collection(tf.compat.v1.GraphKeys.UPDATE_OPS) == [counters]
+    assert sorted(op.name for op in counters.control_inputs) == sorted(
+        f"{p}/count" for p in POSITIONS)
     assert graph.get_operation_by_name("conv2d").inputs[1].name == "w/read/wquant:0"
 
 
