@@ -1,8 +1,11 @@
-"""Speed benchmark: QAT step time against float (and TFMOT), post-training quantize of ResNet50.
+"""Speed benchmark: QAT step time against float (and TFMOT), post-training quantize of ResNet50
+and VGG16.
 
     python benchmarks/speed.py qat   [--rounds 8]     # decent_q and TFMOT step-time ratios
-    python benchmarks/speed.py ptq   [--repeats 2]    # frozen ResNet50: float / decent_q / TFLite
-    python benchmarks/speed.py fast_ft [--repeats 1]  # frozen ResNet50: decent_q / + fast finetune
+    python benchmarks/speed.py ptq   [--repeats 2]    # frozen ResNet50, VGG16: float / decent_q
+                                                      # (/ TFLite for ResNet50)
+    python benchmarks/speed.py fast_ft [--repeats 1] --models resnet50
+                                                      # decent_q / + fast finetune
     python benchmarks/speed.py startup [--repeats 5]  # import decent_q after import tensorflow
 
 qat: the ``resnet`` model of benchmarks/accuracy.py (7 conv + BN, batch 64, 28x28x1 MNIST
@@ -18,12 +21,15 @@ the QAT step into op groups. TFMOT runs in its own process (eager, TF_USE_LEGACY
 times ``train_on_batch`` of the float model and of ``quantize_model`` of it the same way.
 
 ptq: a frozen tf_keras ResNet50 (weights=None, seed 0, 224x224x3, output predictions/Softmax)
-and 10 batches of 8 random images, written once; then, each in its own process and repeated
-``--repeats`` times in turn: (float) import the frozen graph and run the 10 batches;
-(decent_q) ``quantize_frozen`` with calib_iter 10 (float check, folding, calibration, eval and
-deploy model written); (tflite) TFLiteConverter int8 full-integer conversion of the same Keras
-model and weights with the same 80 images as representative data. Wall time of each and the
-peak RSS (getrusage ru_maxrss) of its process.
+and 10 batches of 8 random images, and VGG16 (the same, 138 M parameters) with 2 batches of 2,
+written once per model (``--models``); then, each in its own process and repeated
+``--repeats`` times in turn: (float) import the frozen graph and run the batches in a default
+session (Grappler on, as a user's script runs it); (decent_q) ``quantize_frozen`` with
+calib_iter = the number of batches (folding, calibration, eval and deploy model written);
+(tflite, ResNet50 only) TFLiteConverter int8 full-integer conversion of the same Keras model
+and weights with the same 80 images as representative data. Wall time of the work of each
+(after the imports), the import time (``import tensorflow``; for decent_q plus ``import
+decent_q`` with the kernel loaded) and the peak RSS (getrusage ru_maxrss) of its process.
 
 startup: ``--repeats`` fresh processes, each timing ``import tensorflow``, then ``import decent_q``
 with the kernel library loaded (``decent_q.ops.load_library()``, built and cached beforehand by
@@ -193,37 +199,49 @@ def run_tfmot(args):
 
 # -- ResNet50 post-training quantize -------------------------------------------------------
 
-def ptq_prepare(work):
+# model -> (tf_keras.applications constructor, calibration batches, batch size)
+PTQ_MODELS = {"resnet50": ("ResNet50", 10, 8), "vgg16": ("VGG16", 2, 2)}
+
+
+def ptq_prepare(work, model_name):
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
     tf.compat.v1.disable_v2_behavior()
     import tf_keras  # pylint: disable=import-outside-toplevel
+    constructor, batches, batch = PTQ_MODELS[model_name]
     tf_keras.backend.set_learning_phase(0)
     tf.compat.v1.set_random_seed(0)
-    model = tf_keras.applications.ResNet50(weights=None, input_shape=(224, 224, 3))
+    model = getattr(tf_keras.applications, constructor)(weights=None, input_shape=(224, 224, 3))
     sess = tf_keras.src.backend.get_session()
     out = model.output.op.name
     frozen = tf.compat.v1.graph_util.convert_variables_to_constants(
         sess, sess.graph.as_graph_def(), [out])
-    with open(os.path.join(work, "resnet50.pb"), "wb") as f:
+    with open(os.path.join(work, "model.pb"), "wb") as f:
         f.write(frozen.SerializeToString())
-    model.save_weights(os.path.join(work, "resnet50.h5"))
+    model.save_weights(os.path.join(work, "model.h5"))
     rng = np.random.default_rng(0)
     np.save(os.path.join(work, "calib.npy"),
-            rng.uniform(-2.0, 2.0, (80, 224, 224, 3)).astype(np.float32))
-    info = {"input": model.input.op.name, "output": out, "nodes": len(frozen.node),
-            "bytes": frozen.ByteSize()}
+            rng.uniform(-2.0, 2.0, (batches * batch, 224, 224, 3)).astype(np.float32))
+    info = {"model": model_name, "input": model.input.op.name, "output": out,
+            "nodes": len(frozen.node), "bytes": frozen.ByteSize(), "batches": batches,
+            "batch": batch}
     with open(os.path.join(work, "info.json"), "w", encoding="utf-8") as f:
         json.dump(info, f)
 
 
-def ptq_float(work, info):
+def _batches(work, info):
+    calib = np.load(os.path.join(work, "calib.npy"))
+    size = info["batch"]
+    return [calib[i * size:(i + 1) * size] for i in range(info["batches"])]
+
+
+def ptq_float(work, info, imported_s):
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
     tf.compat.v1.disable_v2_behavior()
-    calib = np.load(os.path.join(work, "calib.npy"))
+    batches = _batches(work, info)
     rss0 = _peak_rss_mb()
     start = time.perf_counter()
     gd = tf.compat.v1.GraphDef()
-    with open(os.path.join(work, "resnet50.pb"), "rb") as f:
+    with open(os.path.join(work, "model.pb"), "rb") as f:
         gd.ParseFromString(f.read())
     graph = tf.Graph()
     with graph.as_default():
@@ -232,48 +250,51 @@ def ptq_float(work, info):
         out = graph.get_tensor_by_name(info["output"] + ":0")
         inp = graph.get_tensor_by_name(info["input"] + ":0")
         first = time.perf_counter()
-        for i in range(10):
-            sess.run(out, {inp: calib[i * 8:(i + 1) * 8]})
+        for images in batches:
+            sess.run(out, {inp: images})
         end = time.perf_counter()
-    return {"wall_s": end - start, "batches_s": end - first, "rss_before_mb": rss0,
-            "peak_rss_mb": _peak_rss_mb()}
+    return {"wall_s": end - start, "batches_s": end - first, "import_s": imported_s,
+            "rss_before_mb": rss0, "peak_rss_mb": _peak_rss_mb()}
 
 
-def ptq_decent_q(work, info, **options):
+def ptq_decent_q(work, info, imported_s, **options):
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
     tf.compat.v1.disable_v2_behavior()
+    start = time.perf_counter()
     import decent_q  # pylint: disable=import-outside-toplevel
-    calib = np.load(os.path.join(work, "calib.npy"))
+    decent_q.ops.load_library()
+    imported_s += time.perf_counter() - start
+    batches = _batches(work, info)
     rss0 = _peak_rss_mb()
     config = decent_q.QuantizeConfig(input_nodes=[info["input"]], output_nodes=[info["output"]],
-                                     input_shapes=[[-1, 224, 224, 3]], calib_iter=10,
-                                     output_dir=tempfile.mkdtemp(prefix="dq_r50_"), **options)
+                                     input_shapes=[[-1, 224, 224, 3]],
+                                     calib_iter=info["batches"],
+                                     output_dir=tempfile.mkdtemp(prefix="dq_ptq_"), **options)
     start = time.perf_counter()
-    decent_q.quantize_frozen(os.path.join(work, "resnet50.pb"),
-                             lambda i: {info["input"]: calib[i * 8:(i + 1) * 8]}, config,
-                             progress=False)
-    return {"wall_s": time.perf_counter() - start, "rss_before_mb": rss0,
-            "peak_rss_mb": _peak_rss_mb()}
+    decent_q.quantize_frozen(os.path.join(work, "model.pb"),
+                             lambda i: {info["input"]: batches[i]}, config, progress=False)
+    return {"wall_s": time.perf_counter() - start, "import_s": imported_s,
+            "rss_before_mb": rss0, "peak_rss_mb": _peak_rss_mb()}
 
 
-def ptq_tflite(work, info):
+def ptq_tflite(work, info, imported_s):
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
     import tf_keras  # pylint: disable=import-outside-toplevel
-    del info
     calib = np.load(os.path.join(work, "calib.npy"))
     rss0 = _peak_rss_mb()
     start = time.perf_counter()
-    model = tf_keras.applications.ResNet50(weights=None, input_shape=(224, 224, 3))
-    model.load_weights(os.path.join(work, "resnet50.h5"))
+    model = getattr(tf_keras.applications, PTQ_MODELS[info["model"]][0])(
+        weights=None, input_shape=(224, 224, 3))
+    model.load_weights(os.path.join(work, "model.h5"))
     built = time.perf_counter()
 
     flat = common.tflite_int8(model, calib)
     end = time.perf_counter()
     return {"wall_s": end - built, "build_model_s": built - start, "tflite_bytes": len(flat),
-            "rss_before_mb": rss0, "peak_rss_mb": _peak_rss_mb()}
+            "import_s": imported_s, "rss_before_mb": rss0, "peak_rss_mb": _peak_rss_mb()}
 
 
-def ptq_fast_ft(work, info):
+def ptq_fast_ft(work, info, imported_s):
     """decent_q with fast finetune (include_fast_ft=1, default epochs and mode); with the
     split of its time that decent_q logs."""
     import logging  # pylint: disable=import-outside-toplevel
@@ -282,7 +303,7 @@ def ptq_fast_ft(work, info):
     handler.emit = lambda record: lines.append(record.getMessage())
     logging.getLogger("decent_q").addHandler(handler)
     logging.getLogger("decent_q").setLevel(logging.INFO)
-    result = ptq_decent_q(work, info, include_fast_ft=1)
+    result = ptq_decent_q(work, info, imported_s, include_fast_ft=1)
     result["log"] = [line for line in lines if line.startswith("fast finetune (")]
     return result
 
@@ -321,6 +342,8 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--work_dir", default=None)
     parser.add_argument("--worker", default=None)
+    parser.add_argument("--models", default="resnet50,vgg16",
+                        help="ptq / fast_ft: comma-separated, of " + ",".join(PTQ_MODELS))
     args = parser.parse_args(argv)
     if args.worker:
         if args.worker == "decent_q_qat":
@@ -330,12 +353,14 @@ def main(argv=None):
         elif args.worker == "startup":
             result = run_startup()
         elif args.worker == "prepare":
-            ptq_prepare(args.work_dir)
+            ptq_prepare(args.work_dir, args.models)
             result = {}
         else:
             with open(os.path.join(args.work_dir, "info.json"), encoding="utf-8") as f:
                 info = json.load(f)
-            result = PTQ_WORKERS[args.worker](args.work_dir, info)
+            start = time.perf_counter()
+            import tensorflow  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+            result = PTQ_WORKERS[args.worker](args.work_dir, info, time.perf_counter() - start)
         print(json.dumps(result))
         return 0
     common = ["--rounds", str(args.rounds), "--steps", str(args.steps)]
@@ -365,26 +390,32 @@ def main(argv=None):
               f"loaded) adds {med['decent_q']:.3f} s (target <= 0.3); the tensorflow.contrib "
               f"alias {med['contrib_alias']:.3f} s")
         return 0
-    work = args.work_dir or tempfile.mkdtemp(prefix="dq_speed_ptq_")
-    os.makedirs(work, exist_ok=True)
-    if not os.path.exists(os.path.join(work, "info.json")):
-        _spawn(["ptq", "--worker", "prepare", "--work_dir", work])
-    runs = []
+    root = args.work_dir or tempfile.mkdtemp(prefix="dq_speed_ptq_")
     names = ("float", "decent_q", "tflite") if args.what == "ptq" else ("decent_q", "fast_ft")
-    for _ in range(args.repeats):
-        run = {}
-        for name in names:
-            run[name] = _spawn(["ptq", "--worker", name, "--work_dir", work],
-                               legacy_keras=name == "tflite")
-        runs.append(run)
-        print(json.dumps(run), flush=True)
-        if args.what == "fast_ft":
-            print(f"fast_ft / decent_q = "
-                  f"{run['fast_ft']['wall_s'] / run['decent_q']['wall_s']:.2f}x", flush=True)
-            continue
-        print(f"decent_q / float = {run['decent_q']['wall_s'] / run['float']['wall_s']:.2f}x, "
-              f"decent_q / tflite = {run['decent_q']['wall_s'] / run['tflite']['wall_s']:.2f}x",
-              flush=True)
+    for model in args.models.split(","):
+        work = os.path.join(root, model)
+        os.makedirs(work, exist_ok=True)
+        if not os.path.exists(os.path.join(work, "info.json")):
+            _spawn(["ptq", "--worker", "prepare", "--work_dir", work, "--models", model])
+        for _ in range(args.repeats):
+            run = {}
+            for name in names:
+                if name == "tflite" and model != "resnet50":
+                    continue  # TFLite's converter on VGG16 takes many minutes; not compared
+                run[name] = _spawn(["ptq", "--worker", name, "--work_dir", work],
+                                   legacy_keras=name == "tflite")
+            print(json.dumps({model: run}), flush=True)
+            if args.what == "fast_ft":
+                print(f"{model}: fast_ft / decent_q = "
+                      f"{run['fast_ft']['wall_s'] / run['decent_q']['wall_s']:.2f}x", flush=True)
+                continue
+            dq, fl = run["decent_q"], run["float"]
+            line = (f"{model}: decent_q / float = {dq['wall_s'] / fl['wall_s']:.2f}x "
+                    f"(with the imports {(dq['wall_s'] + dq['import_s']) / (fl['wall_s'] + fl['import_s']):.2f}x), "
+                    f"peak memory {dq['peak_rss_mb'] / fl['peak_rss_mb'] - 1:+.0%}")
+            if "tflite" in run:
+                line += f", decent_q / tflite = {dq['wall_s'] / run['tflite']['wall_s']:.2f}x"
+            print(line, flush=True)
     return 0
 
 

@@ -82,9 +82,9 @@ class _Deployer:
         self.config = config
         self.em = quantized.EvalModel(graph_def)
         self.nm = self.em.nm
-        self.const_fixes = sorted(n for n in self.em.fixes
-                                  if self.em.fix_input_value(n) is not None)
-        self.values = _evaluate(graph_def, self.const_fixes)
+        inputs = {n: self.em.fix_input_value(n) for n in self.em.fixes}
+        self.const_fixes = sorted(n for n, value in inputs.items() if value is not None)
+        self.values = _evaluate({n: (self.em.fixes[n], inputs[n]) for n in self.const_fixes})
         self.layers = [l for l in self.em.layers() if self._collapsible(l)]
         self.layer_of = {}  # eval node -> its layer, for nodes absorbed into a fused node
         self.alias = {}  # eval node name -> deploy node name
@@ -145,24 +145,27 @@ class _Deployer:
 
     # -- building ------------------------------------------------------------------------
     def run(self):
-        out = utils.with_nodes(self.gd)
+        nodes = []
         ignored = set(self.config.ignore_nodes)
         for node in self.gd.node:
             if node.name in self.layer_of:
                 if node.name == self.layer_of[node.name].compute:
-                    out.node.append(self.fused(self.layer_of[node.name]))
+                    nodes.append(self.fused(self.layer_of[node.name]))
                 continue
             if node.op == quantized.FIX_OP:
                 if node.name in self.const_fixes and node.name not in self.absorbed_fixes:
-                    out.node.append(self.quantized_const(node))
+                    nodes.append(self.quantized_const(node))
                 continue
             if node.name in self.replaced_consts:
+                continue
+            if node.op == "Const" and not node.input and node.name not in ignored:
+                nodes.append(node)  # as it is; copied below only if something still reads it
                 continue
             new = self.copy(node)
             if new.name in ignored:
                 new.attr["quantize_ignored"].b = True
-            out.node.append(new)
-        return _prune_constants(out, self.config.output_nodes)
+            nodes.append(new)
+        return utils.with_nodes(self.gd, _prune_constants(nodes, self.config.output_nodes))
 
     def copy(self, node):
         new = tf.compat.v1.NodeDef()
@@ -244,12 +247,12 @@ class _Deployer:
                 new.input.append(self.resolve(data[0]))
         new.input.append(self.resolve(data[spec_data]))
         fixes = self.em.fixes
-        new.attr["weights"].CopyFrom(tf.compat.v1.AttrValue(
-            tensor=tf.make_tensor_proto(self.values[layer.weight_fix].astype(np.float32))))
+        new.attr["weights"].tensor.CopyFrom(tf.make_tensor_proto(
+            self.values[layer.weight_fix].astype(np.float32, copy=False)))
         new.attr["wpos"].CopyFrom(utils.attr_value(pos_attr(fixes[layer.weight_fix])))
         if layer.bias_fix is not None:
-            new.attr["bias"].CopyFrom(tf.compat.v1.AttrValue(
-                tensor=tf.make_tensor_proto(self.values[layer.bias_fix].astype(np.float32))))
+            new.attr["bias"].tensor.CopyFrom(tf.make_tensor_proto(
+                self.values[layer.bias_fix].astype(np.float32, copy=False)))
             new.attr["bpos"].CopyFrom(utils.attr_value(pos_attr(fixes[layer.bias_fix])))
         if layer.input_fix is not None:
             new.attr["ipos"].CopyFrom(utils.attr_value(pos_attr(fixes[layer.input_fix])))
@@ -284,36 +287,69 @@ class _Deployer:
         return "LeakyRelu", None
 
 
-def _evaluate(graph_def, names):
-    """{FixNeuron name: its output} for FixNeurons of constants (no feed needed)."""
-    if not names:
+def _evaluate(fixes):
+    """{FixNeuron name: its output} for FixNeurons of constants, given {name: (NodeDef, value
+    of its constant)}: each FixNeuron node runs on its constant fed to a placeholder, in a
+    graph without the model (no session over all of the model's constants)."""
+    if not fixes:
         return {}
     import decent_q.ops  # noqa: F401  pylint: disable=import-outside-toplevel
+    decent_q.ops.load_library()
+    graph_def = tf.compat.v1.GraphDef()
+    feeds = {}
+    for k, name in enumerate(sorted(fixes)):
+        node, value = fixes[name]
+        value = np.asarray(value)
+        source = graph_def.node.add(name=f"decent_q_constant_{k}", op="Placeholder")
+        source.attr["dtype"].type = tf.as_dtype(value.dtype).as_datatype_enum
+        source.attr["shape"].shape.CopyFrom(tf.TensorShape(value.shape).as_proto())
+        fix = graph_def.node.add()
+        fix.CopyFrom(node)
+        del fix.input[:]
+        fix.input.append(source.name)
+        fix.device = ""
+        feeds[f"{source.name}:0"] = value
     graph = tf.Graph()
     with graph.as_default():
         tf.graph_util.import_graph_def(graph_def, name="")
+    options = tf.compat.v1.ConfigProto()
+    options.graph_options.rewrite_options.disable_meta_optimizer = True
     try:
-        with tf.compat.v1.Session(graph=graph) as sess:
-            values = sess.run([f"{n}:0" for n in names])
+        with tf.compat.v1.Session(graph=graph, config=options) as sess:
+            values = sess.run([f"{n}:0" for n in sorted(fixes)], feeds)
     except tf.errors.OpError as err:
         raise QuantizeError(f"cannot evaluate the quantized constants of the eval model: "
                             f"{err.message.splitlines()[0]}") from err
-    return dict(zip(names, (np.asarray(v) for v in values)))
+    return dict(zip(sorted(fixes), (np.asarray(v) for v in values)))
 
 
-def _prune_constants(graph_def, keep):
-    """Drops Const nodes (and Identity reads of them) that nothing reads any more."""
+def _prune_constants(nodes, keep):
+    """`nodes` (NodeDefs) without the Const nodes (and Identity reads of them) that nothing
+    reads any more: one pass and a work list (a Const freed by dropping its Identity is
+    dropped too)."""
+    by_name = {n.name: n for n in nodes}
+    readers = {}
+    for node in nodes:
+        for inp in node.input:
+            readers[node_name(inp)] = readers.get(node_name(inp), 0) + 1
     keep = set(keep)
-    while True:
-        used = {node_name(i) for n in graph_def.node for i in n.input}
-        by_name = {n.name: n for n in graph_def.node}
-        drop = {n.name for n in graph_def.node
-                if n.name not in used and n.name not in keep and
-                (n.op == "Const" or (n.op == "Identity" and n.input and
-                                     getattr(by_name.get(node_name(n.input[0])), "op", "")
-                                     == "Const"))}
-        if not drop:
-            return graph_def
-        nodes = [n for n in graph_def.node if n.name not in drop]
-        del graph_def.node[:]
-        graph_def.node.extend(nodes)
+
+    def droppable(node):
+        if node.name in keep or readers.get(node.name, 0):
+            return False
+        return node.op == "Const" or (node.op == "Identity" and node.input and getattr(
+            by_name.get(node_name(node.input[0])), "op", "") == "Const")
+
+    drop = set()
+    work = [n for n in nodes if droppable(n)]
+    while work:
+        node = work.pop()
+        if node.name in drop:
+            continue
+        drop.add(node.name)
+        for inp in node.input:
+            readers[node_name(inp)] -= 1
+            source = by_name.get(node_name(inp))
+            if source is not None and source.name not in drop and droppable(source):
+                work.append(source)
+    return [n for n in nodes if n.name not in drop]

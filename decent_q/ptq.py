@@ -1,10 +1,12 @@
 """Post-training quantization of a frozen GraphDef: check, prepare, calibrate, write the models.
 
     frozen float graph
-      -> checks: options, node names, frozen, input shapes, float run  (checks)
+      -> checks: options, node names, frozen, input shapes  (checks)
       -> inference clean-up, batch-norm folding            (transforms.prepare_float_graph)
       -> plan: where FixNeurons go                           (plan.plan_quantization)
       -> calibrate: CALIB FixNeurons, histogram per point    (calibrate.calibrate_positions)
+         (the float check, a run of the float graph on input_fn(0), runs only when the
+          first batch fails or gives NaN or Inf there, to name the float graph's fault)
       -> eval model: EVAL FixNeurons with the kept positions  (appliers.apply_to_graph_def)
       -> fast finetune and calibration again, if include_fast_ft=1  (fast_finetune.finetune)
       -> bias correction, if bias_correction=1 or 2           (bias_correction.correct_biases)
@@ -95,9 +97,11 @@ def calibrate_frozen(input_frozen_graph, input_fn, config=None, s_config=None, s
     fn, fn_name = inputs.load_input_fn(input_fn)
     graph_def = _checked_graph(input_frozen_graph, config)
     first = inputs.call_input_fn(fn, 0, fn_name)
-    if not config.skip_check:
+
+    def float_check():
         checks.check_float_model(graph_def, config, first, fn_name, s_config)
-    float_gd = transforms.prepare_float_graph(graph_def, config)
+
+    float_gd = _prepared(graph_def, config, None if config.skip_check else float_check)
     plan = _plan(float_gd, config)
 
     def batches(step):
@@ -105,7 +109,8 @@ def calibrate_frozen(input_frozen_graph, input_fn, config=None, s_config=None, s
 
     log.info("calibrating %d FixNeurons on %d batches from %s", len(plan.points),
              config.calib_iter, fn_name)
-    positions = _calibrate(float_gd, plan, batches, config, s_config, progress)
+    positions = _calibrate(float_gd, plan, batches, config, s_config, progress,
+                           None if config.skip_check else float_check, fn_name)
     eval_gd = appliers.apply_to_graph_def(float_gd, plan, positions, arch_type=config.arch_type)
     tuned = None
     if config.include_fast_ft:
@@ -174,11 +179,28 @@ def _plan(float_graph_def, config):
     return plan
 
 
-def _calibrate(float_graph_def, plan, batches, config, s_config, progress):
-    """calibrate.calibrate_positions with the progress bar (if `progress`) around it."""
+def _prepared(graph_def, config, float_check):
+    """transforms.prepare_float_graph; if it fails and `float_check` is given, the float
+    check's error comes first (a graph that does not run says so rather than how a pass
+    tripped over it)."""
+    try:
+        return transforms.prepare_float_graph(graph_def, config)
+    except Exception:  # pylint: disable=broad-except
+        if float_check is not None:
+            float_check()
+        raise
+
+
+def _calibrate(float_graph_def, plan, batches, config, s_config, progress, float_check,
+               fn_name):
+    """calibrate.calibrate_positions with the progress bar (if `progress`) around it. The float
+    check (`float_check`, unless skip_check) runs only if the first batch fails or gives
+    NaN or Inf: one session over the model instead of two."""
     bar = report.Progress(config.calib_iter, enabled=progress)
     try:
         return calibrate.calibrate_positions(float_graph_def, plan, batches, config,
-                                             progress=bar.update, s_config=s_config)
+                                             progress=bar.update, s_config=s_config,
+                                             float_check=float_check,
+                                             input_fn_name=fn_name)
     finally:
         bar.close()

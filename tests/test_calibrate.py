@@ -24,7 +24,13 @@ def test_calibrate_positions_keeps_a_position_per_point():
 def test_session_config_copies_the_callers_or_follows_the_config():
     given = tf.compat.v1.ConfigProto(intra_op_parallelism_threads=3)
     options = calibrate.session_config(helpers.config(), given)
-    assert options == given and options is not given
+    assert options is not given and options.intra_op_parallelism_threads == 3
+    assert given == tf.compat.v1.ConfigProto(intra_op_parallelism_threads=3)  # not changed
+    # Grappler is off unless the caller's options say how to rewrite
+    assert options.graph_options.rewrite_options.disable_meta_optimizer
+    given.graph_options.rewrite_options.constant_folding = 2  # OFF
+    options = calibrate.session_config(helpers.config(), given)
+    assert options == given
     options = calibrate.session_config(helpers.config(gpu="1", gpu_memory_fraction=0.25))
     assert options.gpu_options.visible_device_list == "1"
     assert options.gpu_options.per_process_gpu_memory_fraction == 0.25

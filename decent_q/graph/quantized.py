@@ -134,6 +134,7 @@ class EvalModel:
         self.nm = utils.NodeMap(graph_def)
         self.fixes = fix_neurons(graph_def)
         self.view = pattern.GraphDefView(self.nm)
+        self._values = {}  # fix_input_value's
 
     # -- FixNeurons around tensors -------------------------------------------------------
     def fix_of(self, tensor):
@@ -205,12 +206,20 @@ class EvalModel:
         node.attr["quantize_pos"].i = int(pos)
         return old
 
-    def fix_input_value(self, fix_name):
-        """The Const value a (weight/bias) FixNeuron quantizes, through Identity; or None."""
+    def fix_input_const(self, fix_name):
+        """The Const node a (weight/bias) FixNeuron quantizes, through Identity; or None."""
         node = self.nm.get(self.fixes[fix_name].input[0])
         while node is not None and node.op == "Identity" and node.input:
             node = self.nm.get(node.input[0])
-        return None if node is None or node.op != "Const" else utils.const_value(node)
+        return None if node is None or node.op != "Const" else node
+
+    def fix_input_value(self, fix_name):
+        """The Const value a (weight/bias) FixNeuron quantizes, through Identity; or None.
+        Decoded once per model (VGG16's weights: 0.5 GB)."""
+        if fix_name not in self._values:
+            node = self.fix_input_const(fix_name)
+            self._values[fix_name] = None if node is None else utils.const_value(node)
+        return self._values[fix_name]
 
     # -- compute layers --------------------------------------------------------------------
     def _const_like(self, tensor):
@@ -252,10 +261,10 @@ class EvalModel:
         return node.name if is_fix_neuron(node) else None
 
     def _geometry(self, conv, weight_fix):
-        weights = self.fix_input_value(weight_fix) if weight_fix else None
+        weights = self.fix_input_const(weight_fix) if weight_fix else None
         if weights is None:
             return None, None
-        shape = weights.shape
+        shape = [d.size for d in weights.attr["value"].tensor.tensor_shape.dim]
         if conv.op == "Conv2D" and len(shape) == 4:
             return (int(shape[0]), int(shape[1])), int(shape[2])
         if conv.op == "DepthwiseConv2dNative" and len(shape) == 4:
