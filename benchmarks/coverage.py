@@ -7,9 +7,9 @@ benchmarks/README.md ("Coverage"). See model_zoo.py for what is measured.
 """
 
 import argparse
+import dataclasses
 import json
 import os
-import subprocess
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -17,16 +17,15 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.dirname(HERE))
 
 
-def _one(name, qat):
+def _one(name, qat, output_dir=None):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import dataclasses  # pylint: disable=import-outside-toplevel
     import logging  # pylint: disable=import-outside-toplevel
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
     tf.compat.v1.disable_v2_behavior()
     tf.get_logger().setLevel(logging.ERROR)
     logging.getLogger("decent_q").setLevel(logging.ERROR)
     import model_zoo  # pylint: disable=import-outside-toplevel
-    result = model_zoo.measure(model_zoo.spec_by_name(name), qat=qat)
+    result = model_zoo.measure(model_zoo.spec_by_name(name), output_dir=output_dir, qat=qat)
     print("RESULT " + json.dumps(dataclasses.asdict(result)))
 
 
@@ -42,9 +41,10 @@ def main(argv=None):
     parser.add_argument("--models", default="", help="comma-separated names (default: all)")
     parser.add_argument("--no-qat", action="store_true", help="skip the QAT training steps")
     parser.add_argument("--one", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--output_dir", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.one:
-        _one(args.one, not args.no_qat)
+        _one(args.one, not args.no_qat, args.output_dir)
         return 0
     sys.path.insert(0, HERE)
     import model_zoo  # pylint: disable=import-outside-toplevel
@@ -54,16 +54,13 @@ def main(argv=None):
     print("|---|---|---|---|---|---|---|---|---|")
     failed = []
     for name in names:
-        cmd = [sys.executable, os.path.abspath(__file__), "--one", name] + \
-            (["--no-qat"] if args.no_qat else [])
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
-        if proc.returncode or not lines:
+        try:
+            result = model_zoo.measure_isolated(model_zoo.spec_by_name(name), qat=not args.no_qat)
+        except RuntimeError as err:
             failed.append(name)
-            tail = (proc.stderr.strip().splitlines() or ["?"])[-1]
-            print(f"| {name} | FAILED: {tail} ||||||||", flush=True)
+            print(f"| {name} | FAILED: {err} ||||||||", flush=True)
             continue
-        print(_row(json.loads(lines[-1][len("RESULT "):])), flush=True)
+        print(_row(dataclasses.asdict(result)), flush=True)
     return 1 if failed else 0
 
 

@@ -4,7 +4,7 @@ Shared by ``tests/test_coverage.py`` (asserts) and ``benchmarks/coverage.py`` (t
 Each model is built with random weights (``tf_keras.applications`` with ``weights=None``, or a
 ``tf_slim.nets`` network), frozen, quantized with :func:`decent_q.quantize_frozen` on random
 calibration batches, and its eval model is run against the float graph; then its training
-version goes through ``CreateQuantizeTrainingGraph`` and one optimizer step.
+version goes through ``CreateQuantizeTrainingGraph`` and QAT_STEPS Adam steps on one batch.
 
 Random weights: Keras' default Glorot init of a depthwise kernel divides by the channel count
 it does not sum over, so MobileNet's output shrinks by ~sqrt(C) per layer (1e-20 at the end)
@@ -15,7 +15,10 @@ kh*kw for a depthwise kernel, in for a dense kernel) before freezing; nothing el
 
 import collections
 import dataclasses
+import json
 import os
+import subprocess
+import sys
 import tempfile
 import time
 
@@ -24,42 +27,40 @@ import tensorflow as tf
 
 COMPUTE_OPS = ("Conv2D", "DepthwiseConv2dNative", "MatMul", "Conv2DBackpropInput")
 
-Spec = collections.namedtuple("Spec", "family name size slow")
+Spec = collections.namedtuple("Spec", "family name size")
 
-# (family, builder name, input size, slow). Sizes: the smallest each model accepts at or above
+# (family, builder name, input size). Sizes: the smallest each model accepts at or above
 # 32 px (Inception / Xception need 71-75 px; tf_slim's AlexNet, OverFeat, VGG and Inception v1
-# end in VALID convolutions / pools sized for their native input). slow: run by the benchmark,
-# deselected in CI (pytest -m "not slow"); CI keeps one model per distinct feature (residual,
-# depthwise + relu6, hard-swish, swish + squeeze-excite, grouped conv, slim batch norm and
-# inception concats, slim pre-activation resnet, a large dense head) to stay under 10 minutes.
+# end in VALID convolutions / pools sized for their native input). CI runs every model
+# (tests/test_coverage.py).
 MODELS = [
-    Spec("keras", "ResNet50", 32, False),
-    Spec("keras", "ResNet50V2", 32, True),
-    Spec("keras", "ResNetRS50", 32, True),
-    Spec("keras", "InceptionV3", 75, True),
-    Spec("keras", "InceptionResNetV2", 75, True),
-    Spec("keras", "Xception", 71, True),
-    Spec("keras", "VGG16", 32, True),
-    Spec("keras", "MobileNet", 32, False),
-    Spec("keras", "MobileNetV2", 32, False),
-    Spec("keras", "MobileNetV3Small", 32, False),
-    Spec("keras", "DenseNet121", 32, True),
-    Spec("keras", "NASNetMobile", 32, True),
-    Spec("keras", "EfficientNetB0", 32, False),
-    Spec("keras", "EfficientNetV2B0", 32, True),
-    Spec("keras", "RegNetX002", 32, False),
-    Spec("keras", "RegNetY002", 32, True),
-    Spec("keras", "ConvNeXtTiny", 32, True),
-    Spec("slim", "alexnet_v2", 224, False),
-    Spec("slim", "overfeat", 231, True),
-    Spec("slim", "vgg_a", 224, True),
-    Spec("slim", "vgg_16", 224, True),
-    Spec("slim", "vgg_19", 224, True),
-    Spec("slim", "inception_v1", 224, True),
-    Spec("slim", "inception_v2", 32, False),
-    Spec("slim", "inception_v3", 139, True),
-    Spec("slim", "resnet_v1_50", 32, True),
-    Spec("slim", "resnet_v2_50", 32, False),
+    Spec("keras", "ResNet50", 32),
+    Spec("keras", "ResNet50V2", 32),
+    Spec("keras", "ResNetRS50", 32),
+    Spec("keras", "InceptionV3", 75),
+    Spec("keras", "InceptionResNetV2", 75),
+    Spec("keras", "Xception", 71),
+    Spec("keras", "VGG16", 32),
+    Spec("keras", "MobileNet", 32),
+    Spec("keras", "MobileNetV2", 32),
+    Spec("keras", "MobileNetV3Small", 32),
+    Spec("keras", "DenseNet121", 32),
+    Spec("keras", "NASNetMobile", 32),
+    Spec("keras", "EfficientNetB0", 32),
+    Spec("keras", "EfficientNetV2B0", 32),
+    Spec("keras", "RegNetX002", 32),
+    Spec("keras", "RegNetY002", 32),
+    Spec("keras", "ConvNeXtTiny", 32),
+    Spec("slim", "alexnet_v2", 224),
+    Spec("slim", "overfeat", 231),
+    Spec("slim", "vgg_a", 224),
+    Spec("slim", "vgg_16", 224),
+    Spec("slim", "vgg_19", 224),
+    Spec("slim", "inception_v1", 224),
+    Spec("slim", "inception_v2", 32),
+    Spec("slim", "inception_v3", 139),
+    Spec("slim", "resnet_v1_50", 32),
+    Spec("slim", "resnet_v2_50", 32),
 ]
 # Keras models that rescale / normalize raw [0, 255] pixels inside the model.
 _RAW_PIXELS = ("EfficientNet", "MobileNetV3", "ResNetRS", "RegNet", "ConvNeXt")
@@ -300,6 +301,28 @@ def measure(spec, output_dir=None, qat=True):
     return Result(spec.name, spec.size, len(graph_def.node), len(compute),
                   len(compute) - len(missing), missing, reason_kinds(plan), sqnr, ptq_seconds,
                   *losses, time.time() - start)
+
+
+def measure_isolated(spec, output_dir=None, qat=True, timeout=1800):
+    """:func:`measure` in a fresh Python process (``benchmarks/coverage.py --one``): its graphs,
+    sessions and memory go with the process (the 27 models in one process grew past 10 GB),
+    and its time is its own.
+
+    Raises:
+      RuntimeError: the process failed; the message ends with its last line of stderr.
+    """
+    cmd = [sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                        "coverage.py"), "--one", spec.name]
+    if output_dir:
+        cmd += ["--output_dir", output_dir]
+    if not qat:
+        cmd.append("--no-qat")
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+    lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
+    if proc.returncode or not lines:
+        tail = (proc.stderr.strip().splitlines() or ["?"])[-1]
+        raise RuntimeError(f"{spec.name}: exit status {proc.returncode}: {tail}")
+    return Result(**json.loads(lines[-1][len("RESULT "):]))
 
 
 def spec_by_name(name):

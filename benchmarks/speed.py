@@ -7,6 +7,8 @@ and VGG16.
     python benchmarks/speed.py fast_ft [--repeats 1] --models resnet50
                                                       # decent_q / + fast finetune
     python benchmarks/speed.py startup [--repeats 5]  # import decent_q after import tensorflow
+    python benchmarks/speed.py qat_big [--repeats 1]  # NASNetMobile, InceptionResNetV2: QAT
+                                                      # rewrite to first training step
 
 qat: the ``resnet`` model of benchmarks/accuracy.py (7 conv + BN, batch 64, 28x28x1 MNIST
 digits), Adam. One process (TF1 graph mode) holds four sessions: float training graph;
@@ -34,6 +36,12 @@ decent_q`` with the kernel loaded) and the peak RSS (getrusage ru_maxrss) of its
 startup: ``--repeats`` fresh processes, each timing ``import tensorflow``, then ``import decent_q``
 with the kernel library loaded (``decent_q.ops.load_library()``, built and cached beforehand by
 a first process), then ``from tensorflow.contrib import decent_q`` (the drop-in alias); medians.
+
+qat_big: the training-mode NASNetMobile and InceptionResNetV2 of benchmarks/model_zoo.py (32 /
+75 px, batch 2), each in its own process, float and decent_q in turn: seconds to build the
+model, CreateQuantizeTrainingGraph (decent_q only), build the Adam train op under the updates
+(the usual TF1 ``with tf.control_dependencies(update_ops)``), initialize the variables, and the
+first and second training steps (sessions with Grappler off, as the coverage table's).
 
 fast_ft: the same ResNet50 and batches; (decent_q) as above, then (fast_ft) the same with
 include_fast_ft=1 (default mode 0, 10 epochs), in turn, each in its own process.
@@ -312,6 +320,55 @@ PTQ_WORKERS = {"float": ptq_float, "decent_q": ptq_decent_q, "tflite": ptq_tflit
                "fast_ft": ptq_fast_ft}
 
 
+def run_qat_big(model_name, quantize):
+    """One process: the training-mode tf_keras model of benchmarks/model_zoo.py (random
+    weights; the coverage table's size), then (if `quantize`) CreateQuantizeTrainingGraph, an
+    Adam train op under the model's updates and UPDATE_OPS (the TF1 pattern), the variables'
+    initialization, and the first training step; seconds of each."""
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    tf.compat.v1.disable_v2_behavior()
+    import model_zoo  # pylint: disable=import-outside-toplevel
+    import decent_q  # pylint: disable=import-outside-toplevel
+    from decent_q.live import edit  # pylint: disable=import-outside-toplevel
+    spec = model_zoo.spec_by_name(model_name)
+    times = {}
+    start = time.perf_counter()
+    model = model_zoo._keras_model(spec.name, spec.size, training=True)  # pylint: disable=protected-access
+    images, out = model.inputs[0], model.outputs[0]
+    logits = out.op.inputs[0] if out.op.type == "Softmax" else out
+    graph = tf.compat.v1.get_default_graph()
+    times["build_model_s"] = time.perf_counter() - start
+    start = time.perf_counter()
+    if quantize:
+        decent_q.CreateQuantizeTrainingGraph(config=model_zoo._config(  # pylint: disable=protected-access
+            spec, images.op.name, logits.op.name, tempfile.mkdtemp(prefix="dq_qat_big_")))
+    times["rewrite_s"] = time.perf_counter() - start
+    start = time.perf_counter()
+    labels = tf.compat.v1.placeholder(tf.int64, [None])
+    name = f"{logits.op.name}/aquant"
+    output = graph.get_tensor_by_name(name + ":0") if edit.has_op(graph, name) else logits
+    loss = tf.compat.v1.losses.sparse_softmax_cross_entropy(
+        labels, tf.reshape(output, [-1, model_zoo.CLASSES]))
+    updates = list(model.updates) + tf.compat.v1.get_collection(
+        tf.compat.v1.GraphKeys.UPDATE_OPS)
+    with tf.control_dependencies(updates):
+        train = tf.compat.v1.train.AdamOptimizer(1e-3).minimize(loss)
+    times["train_op_s"] = time.perf_counter() - start
+    start = time.perf_counter()
+    sess = tf.compat.v1.Session(graph=graph, config=model_zoo.session_config())
+    sess.run(tf.compat.v1.global_variables_initializer())
+    times["init_s"] = time.perf_counter() - start
+    feed = {images: model_zoo.batch(spec, 0), labels: np.arange(model_zoo.BATCH) % 10}
+    start = time.perf_counter()
+    sess.run(train, feed)
+    times["first_step_s"] = time.perf_counter() - start
+    start = time.perf_counter()
+    sess.run(train, feed)
+    times["second_step_s"] = time.perf_counter() - start
+    times["ops"] = len(graph.get_operations())
+    return times
+
+
 def run_startup():
     """Import times of one fresh process (seconds)."""
     start = time.perf_counter()
@@ -336,14 +393,16 @@ def _spawn(argv, legacy_keras=False):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=("qat", "ptq", "fast_ft", "startup"))
+    parser.add_argument("what", choices=("qat", "ptq", "fast_ft", "startup", "qat_big"))
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--work_dir", default=None)
     parser.add_argument("--worker", default=None)
-    parser.add_argument("--models", default="resnet50,vgg16",
-                        help="ptq / fast_ft: comma-separated, of " + ",".join(PTQ_MODELS))
+    parser.add_argument("--models", default=None,
+                        help="comma-separated; ptq / fast_ft: of " + ",".join(PTQ_MODELS) +
+                        " (default: both); qat_big: model_zoo names (default: "
+                        "NASNetMobile,InceptionResNetV2)")
     args = parser.parse_args(argv)
     if args.worker:
         if args.worker == "decent_q_qat":
@@ -352,6 +411,8 @@ def main(argv=None):
             result = run_tfmot(args)
         elif args.worker == "startup":
             result = run_startup()
+        elif args.worker in ("qat_big_float", "qat_big_decent_q"):
+            result = run_qat_big(args.models, args.worker == "qat_big_decent_q")
         elif args.worker == "prepare":
             ptq_prepare(args.work_dir, args.models)
             result = {}
@@ -381,6 +442,18 @@ def main(argv=None):
               f"{tm['tfmot_qat'] / tm['float']:.2f}x (median of per-round ratios "
               f"{tm['median_round_ratio']:.2f}x)")
         return 0
+    if args.what == "qat_big":
+        for model in (args.models or "NASNetMobile,InceptionResNetV2").split(","):
+            for _ in range(args.repeats):
+                run = {kind: _spawn(["qat_big", "--worker", f"qat_big_{kind}", "--models", model])
+                       for kind in ("float", "decent_q")}
+                print(json.dumps({model: run}), flush=True)
+                total = {kind: sum(run[kind][k] for k in ("rewrite_s", "train_op_s", "init_s",
+                                                          "first_step_s")) for kind in run}
+                print(f"{model}: rewrite + train op + init + first step: decent_q "
+                      f"{total['decent_q']:.1f} s (target <= 60), float {total['float']:.1f} s",
+                      flush=True)
+        return 0
     if args.what == "startup":
         _spawn(["startup", "--worker", "startup"])  # builds the kernel if not cached
         runs = [_spawn(["startup", "--worker", "startup"]) for _ in range(args.repeats)]
@@ -392,7 +465,7 @@ def main(argv=None):
         return 0
     root = args.work_dir or tempfile.mkdtemp(prefix="dq_speed_ptq_")
     names = ("float", "decent_q", "tflite") if args.what == "ptq" else ("decent_q", "fast_ft")
-    for model in args.models.split(","):
+    for model in (args.models or ",".join(PTQ_MODELS)).split(","):
         work = os.path.join(root, model)
         os.makedirs(work, exist_ok=True)
         if not os.path.exists(os.path.join(work, "info.json")):
