@@ -96,7 +96,7 @@ def session_config(config, s_config=None):
     Grappler (TensorFlow's graph optimizer) is off unless `s_config` sets rewrite_options:
     the graphs these sessions run hold every weight of the model as a constant, which
     Grappler copies and re-optimises for each new session (VGG16: 26 s of the float model's
-    34 s first run, with the graph running no faster afterwards), and the FixNeurons between
+    30 s first run, with the graph running no faster afterwards), and the FixNeurons between
     the layers leave it little to fuse.
     """
     options = tf.compat.v1.ConfigProto()
