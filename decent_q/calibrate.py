@@ -31,6 +31,7 @@ def calibrate_positions(graph_def, plan, batches, config, progress=None, s_confi
         raises the error that names the float graph's fault. It runs only if the first batch
         fails here, or gives NaN or Inf at the output nodes or at a point's input: the float
         graph is not run separately when calibration shows it works (see ptq).
+      input_fn_name: how messages about a batch name the input function.
     """
     graph = utils.import_graph(graph_def)
     with graph.as_default():
