@@ -84,7 +84,8 @@ class _Deployer:
         self.nm = self.em.nm
         inputs = {n: self.em.fix_input_value(n) for n in self.em.fixes}
         self.const_fixes = sorted(n for n, value in inputs.items() if value is not None)
-        self.values = _evaluate({n: (self.em.fixes[n], inputs[n]) for n in self.const_fixes})
+        self.values = _evaluate({n: (self.em.fixes[n], inputs[n]) for n in self.const_fixes},
+                                config)
         self.layers = [l for l in self.em.layers() if self._collapsible(l)]
         self.layer_of = {}  # eval node -> its layer, for nodes absorbed into a fused node
         self.alias = {}  # eval node name -> deploy node name
@@ -96,7 +97,7 @@ class _Deployer:
         self.replaced_consts = set()
         for name in self.const_fixes:
             if name not in self.absorbed_fixes:
-                source = self._const_behind(self.em.fixes[name].input[0])
+                source = self.em.fix_input_const(name)
                 if len(self.nm.node_consumers(source.name)) == 1:
                     self.alias[name] = source.name
                     self.replaced_consts.add(source.name)
@@ -225,12 +226,6 @@ class _Deployer:
         node.attr["wpos"].CopyFrom(utils.attr_value(pos_attr(fix)))
         return node
 
-    def _const_behind(self, inp):
-        node = self.nm.get(inp)
-        while node.op == "Identity":
-            node = self.nm.get(node.input[0])
-        return node
-
     def fused(self, layer):
         conv = self.nm[layer.compute]
         spec_data = registry.COMPUTE_OPS[conv.op].data_index
@@ -287,17 +282,18 @@ class _Deployer:
         return "LeakyRelu", None
 
 
-def _evaluate(fixes):
+def _evaluate(fixes, config):
     """{FixNeuron name: its output} for FixNeurons of constants, given {name: (NodeDef, value
     of its constant)}: each FixNeuron node runs on its constant fed to a placeholder, in a
     graph without the model (no session over all of the model's constants)."""
     if not fixes:
         return {}
-    import decent_q.ops  # noqa: F401  pylint: disable=import-outside-toplevel
-    decent_q.ops.load_library()
+    from decent_q import calibrate, ops  # pylint: disable=import-outside-toplevel
+    ops.load_library()
+    names = sorted(fixes)
     graph_def = tf.compat.v1.GraphDef()
     feeds = {}
-    for k, name in enumerate(sorted(fixes)):
+    for k, name in enumerate(names):
         node, value = fixes[name]
         value = np.asarray(value)
         source = graph_def.node.add(name=f"decent_q_constant_{k}", op="Placeholder")
@@ -312,15 +308,13 @@ def _evaluate(fixes):
     graph = tf.Graph()
     with graph.as_default():
         tf.graph_util.import_graph_def(graph_def, name="")
-    options = tf.compat.v1.ConfigProto()
-    options.graph_options.rewrite_options.disable_meta_optimizer = True
     try:
-        with tf.compat.v1.Session(graph=graph, config=options) as sess:
-            values = sess.run([f"{n}:0" for n in sorted(fixes)], feeds)
+        with tf.compat.v1.Session(graph=graph, config=calibrate.session_config(config)) as sess:
+            values = sess.run([f"{n}:0" for n in names], feeds)
     except tf.errors.OpError as err:
         raise QuantizeError(f"cannot evaluate the quantized constants of the eval model: "
                             f"{err.message.splitlines()[0]}") from err
-    return dict(zip(sorted(fixes), (np.asarray(v) for v in values)))
+    return dict(zip(names, (np.asarray(v) for v in values)))
 
 
 def _prune_constants(nodes, keep):

@@ -206,11 +206,16 @@ class EvalModel:
         node.attr["quantize_pos"].i = int(pos)
         return old
 
-    def fix_input_const(self, fix_name):
-        """The Const node a (weight/bias) FixNeuron quantizes, through Identity; or None."""
-        node = self.nm.get(self.fixes[fix_name].input[0])
+    def behind_identities(self, tensor):
+        """The node that produces `tensor`, through Identity nodes; None if absent."""
+        node = self.nm.get(tensor)
         while node is not None and node.op == "Identity" and node.input:
             node = self.nm.get(node.input[0])
+        return node
+
+    def fix_input_const(self, fix_name):
+        """The Const node a (weight/bias) FixNeuron quantizes, through Identity; or None."""
+        node = self.behind_identities(self.fixes[fix_name].input[0])
         return None if node is None or node.op != "Const" else node
 
     def fix_input_value(self, fix_name):
@@ -224,9 +229,7 @@ class EvalModel:
     # -- compute layers --------------------------------------------------------------------
     def _const_like(self, tensor):
         """True if `tensor` is a Const or a non-activation FixNeuron (through Identity)."""
-        node = self.nm.get(tensor)
-        while node is not None and node.op == "Identity" and node.input:
-            node = self.nm.get(node.input[0])
+        node = self.behind_identities(tensor)
         if node is None:
             return False
         return node.op == "Const" or (node.op == FIX_OP and mode(node) != Mode.ACTIVATION)
@@ -255,9 +258,7 @@ class EvalModel:
 
     def _fix_behind(self, tensor):
         """The FixNeuron that is `tensor` or sits behind it through Identity, or None."""
-        node = self.nm.get(tensor)
-        while node is not None and node.op == "Identity" and node.input:
-            node = self.nm.get(node.input[0])
+        node = self.behind_identities(tensor)
         return node.name if is_fix_neuron(node) else None
 
     def _geometry(self, conv, weight_fix):
