@@ -32,7 +32,8 @@ def _one(name, qat, output_dir=None):
 def _row(r):
     reasons = ", ".join(f"{n} {k}" for k, n in sorted(r["float_reasons"].items())) or "-"
     return (f"| {r['name']} | {r['size']} | {r['nodes']} | {r['quantized']} / {r['compute']} | "
-            f"{reasons} | {r['sqnr_db']:.1f} | {r['qat_loss']:.2f} -> {r['qat_loss_end']:.2f} | "
+            f"{reasons} | {r['sqnr_db']:.1f} | "
+            f"{r['qat_loss']:.2f} -> {r['qat_loss_end']:.2f} ({r['qat_steps']}) | "
             f"{r['ptq_seconds']:.1f} | {r['seconds']:.1f} |")
 
 
@@ -50,7 +51,8 @@ def main(argv=None):
     import model_zoo  # pylint: disable=import-outside-toplevel
     names = [n for n in args.models.split(",") if n] or [s.name for s in model_zoo.MODELS]
     print("| model | input px | nodes | compute layers quantized / in range | left float "
-          "(nodes, why) | SQNR dB | QAT loss, step 1 -> 24 | PTQ s | total s (PTQ + QAT) |")
+          "(nodes, why) | SQNR dB | QAT loss, step 1 -> last (steps) | PTQ s | "
+          "total s (PTQ + QAT) |")
     print("|---|---|---|---|---|---|---|---|---|")
     failed = []
     for name in names:

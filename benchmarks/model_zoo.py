@@ -78,6 +78,7 @@ _SLIM = {  # net -> (module, arg scope)
 CLASSES = 10
 BATCH = 2
 QAT_STEPS = 24
+QAT_MIN_STEPS = 8   # the QAT leg stops at the first step from here whose loss is <= half the first
 CALIB_BATCHES = 2
 
 
@@ -93,7 +94,8 @@ class Result:
     sqnr_db: float             # eval model vs float graph, logits
     ptq_seconds: float         # quantize_frozen
     qat_loss: float            # loss of the first QAT training step
-    qat_loss_end: float        # loss after QAT_STEPS steps on the same batch
+    qat_loss_end: float        # loss of the last step run on the same batch
+    qat_steps: int             # steps run (QAT_MIN_STEPS .. QAT_STEPS: see qat_step)
     seconds: float             # everything for this model
 
 
@@ -239,11 +241,13 @@ def ptq(spec, graph_def, input_node, logits, output_dir):
 
 
 def qat_step(spec, output_dir, steps=None):
-    """Builds the training-mode model, runs CreateQuantizeTrainingGraph and `steps` (QAT_STEPS)
-    Adam steps on one fixed batch; returns the losses of the first and the last step.
+    """Builds the training-mode model, runs CreateQuantizeTrainingGraph and Adam steps on one
+    fixed batch: QAT_MIN_STEPS, then on until the loss is at most half the first step's,
+    `steps` (QAT_STEPS) at most; returns the first loss, the last loss and the steps run.
 
     QAT must train: on a fixed batch the loss falls as float training's does (to under half in
-    a few dozen steps); a fold or rewrite that breaks the gradient stays put.
+    a few dozen steps); a fold or rewrite that breaks the gradient stays put, and one that
+    diverges shows within the minimum steps. Steps after the verdict are not run.
     """
     steps = steps or QAT_STEPS
     import decent_q  # pylint: disable=import-outside-toplevel
@@ -275,10 +279,13 @@ def qat_step(spec, output_dir, steps=None):
         feed = {images: batch(spec, 0), labels: np.arange(BATCH) % CLASSES}
         with tf.compat.v1.Session(graph=graph, config=session_config()) as sess:
             sess.run(tf.compat.v1.global_variables_initializer())
-            losses = [sess.run([loss, train], feed)[0] for _ in range(steps)]
+            losses = [sess.run([loss, train], feed)[0]]
+            while len(losses) < steps and (len(losses) < min(QAT_MIN_STEPS, steps) or
+                                           not losses[-1] <= 0.5 * losses[0]):
+                losses.append(sess.run([loss, train], feed)[0])
     if spec.family == "keras":
         tf_keras.backend.clear_session()
-    return float(losses[0]), float(losses[-1])
+    return float(losses[0]), float(losses[-1]), len(losses)
 
 
 def reason_kinds(plan):
@@ -297,7 +304,7 @@ def measure(spec, output_dir=None, qat=True):
             spec, graph_def, input_node, logits, os.path.join(output_dir, "ptq"))
         compute, missing = compute_coverage(eval_gd, config)
         losses = qat_step(spec, os.path.join(output_dir, "qat")) if qat else \
-            (float("nan"), float("nan"))
+            (float("nan"), float("nan"), 0)
     return Result(spec.name, spec.size, len(graph_def.node), len(compute),
                   len(compute) - len(missing), missing, reason_kinds(plan), sqnr, ptq_seconds,
                   *losses, time.time() - start)
