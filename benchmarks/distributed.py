@@ -4,13 +4,13 @@
 
 Trains the example's float model (250 steps, as tests/test_distributed.py) once, then runs
 examples/train.py (one process, no cluster: the accuracy reference) and the QAT example on
-TensorFlow's distributed runtime (one parameter server, local processes on 127.0.0.1) as: 1 worker, 2
-asynchronous workers, 2 synchronous workers (SyncReplicasOptimizer), each for --steps global
-steps from the same float checkpoint, one after the other in this invocation. Reports each
-worker's training-loop time per step (its session set-up excluded), the global steps a second
-of the run, and the deployed accuracy (examples/eval.py on the chief's last checkpoint).
-Measured, not asserted: on a 2-core machine the three processes share two cores, so two
-workers cannot be faster than one here.
+TensorFlow's distributed runtime (one parameter server, local processes on 127.0.0.1) as:
+1 worker, 2 asynchronous workers, 2 synchronous workers (SyncReplicasOptimizer), each for
+--steps global steps from the same float checkpoint, one after the other in this invocation.
+Reports each worker's training-loop time per step (its session set-up excluded), the global
+steps a second of the run, and the deployed accuracy (examples/eval.py on the chief's last
+checkpoint). Measured, not asserted: on a 2-core machine the three processes share two cores,
+so two workers cannot each step as fast as one alone here.
 """
 
 import argparse

@@ -78,7 +78,7 @@ _SLIM = {  # net -> (module, arg scope)
 CLASSES = 10
 BATCH = 2
 QAT_STEPS = 24
-QAT_MIN_STEPS = 8   # the QAT leg stops at the first step from here whose loss is <= half the first
+QAT_MIN_STEPS = 8   # the QAT leg stops at the first step from here at <= half the first loss
 CALIB_BATCHES = 2
 
 
@@ -279,10 +279,11 @@ def qat_step(spec, output_dir, steps=None):
         feed = {images: batch(spec, 0), labels: np.arange(BATCH) % CLASSES}
         with tf.compat.v1.Session(graph=graph, config=session_config()) as sess:
             sess.run(tf.compat.v1.global_variables_initializer())
-            losses = [sess.run([loss, train], feed)[0]]
-            while len(losses) < steps and (len(losses) < min(QAT_MIN_STEPS, steps) or
-                                           not losses[-1] <= 0.5 * losses[0]):
+            losses = []
+            while len(losses) < steps:
                 losses.append(sess.run([loss, train], feed)[0])
+                if len(losses) >= QAT_MIN_STEPS and losses[-1] <= 0.5 * losses[0]:
+                    break
     if spec.family == "keras":
         tf_keras.backend.clear_session()
     return float(losses[0]), float(losses[-1]), len(losses)

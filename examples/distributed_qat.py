@@ -106,6 +106,11 @@ def stop(procs):
 
 def launch(args):
     """Runs the whole cluster as local processes; returns the exit status."""
+    if not (tf.train.latest_checkpoint(args.float_dir) or
+            tf.train.latest_checkpoint(args.train_dir)):
+        print(f"no float checkpoint in {args.float_dir} (and none to resume in "
+              f"{args.train_dir}); run train_float.py first", file=sys.stderr)
+        return 1
     cluster = local_cluster(args.workers)
     print(f"cluster: {json.dumps(cluster)}", flush=True)
     ps = start_task(args, cluster, "ps", 0)
@@ -121,7 +126,10 @@ def launch(args):
                 return 1
             if status:
                 log = os.path.join(args.train_dir, "logs", f"worker_{i}.log")
-                print(f"worker {i} failed (exit status {status}); see {log}", file=sys.stderr)
+                with open(log, errors="replace") as f:
+                    last = ([line.strip() for line in f if line.strip()] or ["?"])[-1]
+                print(f"worker {i} failed (exit status {status}): {last}\n(whole log: {log})",
+                      file=sys.stderr)
                 return 1
     finally:
         stop(workers + [ps])

@@ -230,3 +230,14 @@ def test_tasks_end_with_their_launcher(float_dir, tmp_path):
             _wait_for(log, r"its launcher \(pid \d+\) ended, exiting", 30, [])
     finally:
         distributed_qat.stop([launcher])
+
+
+def test_missing_float_checkpoint_is_one_clear_message(tmp_path):
+    result = subprocess.run(
+        [sys.executable, os.path.join(EXAMPLES, "distributed_qat.py"), "--float_dir",
+         str(tmp_path / "nowhere"), "--train_dir", str(tmp_path / "train")],
+        env=dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="3"), cwd=EXAMPLES,
+        capture_output=True, text=True, timeout=TIMEOUT)
+    assert result.returncode == 1
+    assert "no float checkpoint in" in result.stderr and "train_float.py" in result.stderr
+    assert not os.path.exists(tmp_path / "train")  # nothing started, nothing written
