@@ -161,10 +161,6 @@ def _watchdog(seconds, parent_pid, what):
     threading.Thread(target=watch, daemon=True).start()
 
 
-def run_ps(server):
-    server.join()
-
-
 class WorkerSessionCreator(tf.compat.v1.train.SessionCreator):
     """A non-chief worker's session, once the chief has initialized the variables: TensorFlow's
     own creator checks every 30 s, during which a short run can end; this one every second."""
@@ -303,7 +299,7 @@ def main(argv=None):
     server = tf.compat.v1.train.Server(cluster, job_name=args.job_name,
                                        task_index=args.task_index)
     if args.job_name == "ps":
-        run_ps(server)
+        server.join()  # serves the variables until the launcher (or its watchdog) ends it
     else:
         run_worker(args, cluster, server)
     return 0

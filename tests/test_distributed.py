@@ -205,8 +205,9 @@ def test_killed_worker_restarts_and_rejoins(float_dir, tmp_path):
     with open(log_1) as log:
         joined_at = [int(v) for v in re.findall(r"joined at global step (\d+)", log.read())]
     assert len(joined_at) == 2 and 0 < joined_at[1] < steps, joined_at
-    # The restarted worker trained to the end with the chief, and the checkpoint deploys.
-    assert worker_summaries(options.train_dir)[1][0] >= steps - joined_at[1] - 3
+    # The restarted worker trained to the end with the chief (the two share each step's
+    # gradients unevenly, as in the synchronous test), and the checkpoint deploys.
+    assert worker_summaries(options.train_dir)[1][0] >= 0.5 * (steps - joined_at[1])
     assert global_step(options.train_dir) == steps
     _, positions = deploy(float_dir, options.train_dir, tmp_path / "q")
     assert_deployed_positions_are_the_histograms_modes(positions, options.train_dir)
