@@ -28,6 +28,11 @@ class BuildPy(build_py):
             f.write("import _decent_q_contrib; _decent_q_contrib.install()\n")
 
 
+# vai_q_tensorflow export and output_format="onnx" (decent_q/onnx_export.py). tf2onnx is pinned:
+# decent_q extends it through its rewriter and graph API.
+ONNX = ["tf2onnx==1.17.0", "onnx>=1.14", "onnxruntime>=1.17"]
+
+
 def _version():
     with open(os.path.join(HERE, "decent_q", "version.py")) as f:
         return f.read().split('"')[1]
@@ -50,7 +55,8 @@ setup(
     ],
     # matplotlib draws analyze_report.png (vai_q_tensorflow analyze); without it the report
     # has its Markdown and JSON files only.
-    extras_require={"test": ["pytest", "mlxtend", "hypothesis", "matplotlib"],
+    extras_require={"test": ["pytest", "mlxtend", "hypothesis", "matplotlib"] + ONNX,
+                    "onnx": ONNX,
                     "examples": ["mlxtend"], "analyze": ["matplotlib"]},
     entry_points={"console_scripts": [
         "vai_q_tensorflow=_decent_q_entry:vai_q_tensorflow",

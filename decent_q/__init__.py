@@ -25,6 +25,7 @@ from decent_q.ptq import quantize_frozen
 from decent_q.dump import dump as dump_simulation
 from decent_q.analysis import analyze
 from decent_q.inspection import inspect_graph
+from decent_q.onnx_export import export as export_onnx
 from decent_q.python.decent_q import (check_float_graph, deploy_checkpoint, inspect,
                                       quantize_evaluate, quantize_train)
 from decent_q.version import __version__
@@ -46,6 +47,7 @@ __all__ = [
     "dump_simulation",
     "analyze",
     "inspect_graph",
+    "export_onnx",
     # the original's functional API (decent_q.python.decent_q)
     "quantize_train",
     "quantize_evaluate",

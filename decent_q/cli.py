@@ -7,6 +7,8 @@
         --input_fn my_input_fn.dump_input --max_dump_batches 1 --dump_float 0
     vai_q_tensorflow analyze --input_frozen_graph frozen.pb --input_nodes input \\
         --output_nodes logits --input_shapes ?,224,224,3 --input_fn my_input_fn.calib_input
+    vai_q_tensorflow export --input_frozen_graph quantize_results/quantize_eval_model.pb \\
+        [--onnx_opset 13] [--onnx_rounding dpu]
 
 Quantization options come from :data:`decent_q.config.OPTIONS`, so the CLI and the Python API
 share their defaults. Exit status: 0 success, 2 usage error, 1 failure, 130 interrupted
@@ -16,6 +18,7 @@ share their defaults. Exit status: 0 success, 2 usage error, 1 failure, 130 inte
 import argparse
 import dataclasses
 import logging
+import os
 import re
 import sys
 import traceback
@@ -34,6 +37,9 @@ _COMMANDS = {
     "analyze": "per-layer quantization error (SQNR with weights only, activations only and "
                "both quantized) of a frozen graph: writes analyze_report.md, .json and .png "
                "and prints the table",
+    "export": "convert a quantize_eval_model.pb into ONNX: writes <output_dir>/<its name>.onnx "
+              "(QuantizeLinear / DequantizeLinear; input_nodes / output_nodes, if given, are "
+              "the ONNX model's inputs and outputs)",
 }
 
 
@@ -113,6 +119,15 @@ def _analyze(args, config):
         print(analysis_report.markdown(result), end="")
 
 
+def _export(args, config):
+    from decent_q import onnx_export  # pylint: disable=import-outside-toplevel
+    name = os.path.splitext(os.path.basename(args.input_frozen_graph))[0] + ".onnx"
+    path = onnx_export.export(args.input_frozen_graph, os.path.join(config.output_dir, name),
+                              config.onnx_opset, config.onnx_rounding,
+                              config.input_nodes or None, config.output_nodes or None)
+    log.info("wrote %s", path)
+
+
 def _setup_logging(quiet, debug):
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_Formatter())
@@ -158,11 +173,11 @@ def main(argv=None):
     try:
         _setup_logging(args.quiet, args.debug)
         config = _config(args)
-        if args.command != "inspect" and not args.input_fn:
+        if args.command not in ("inspect", "export") and not args.input_fn:
             raise ConfigError(f"{args.command} needs --input_fn module_name.function_name, "
                               "e.g. --input_fn my_input_fn.calib_input")
         {"quantize": _quantize, "inspect": _inspect, "dump": _dump,
-         "analyze": _analyze}[args.command](args, config)
+         "analyze": _analyze, "export": _export}[args.command](args, config)
     except ConfigError as err:
         _error(err, args.debug)
         return 2

@@ -14,6 +14,9 @@ from decent_q.errors import ConfigError
 ARCH_TYPES = ("DEFAULT", "DPUCADF8H")
 FIX_NEURON_IMPLS = ("auto", "kernel", "tf_ops")  # decent_q.ops.IMPLS
 QUANTIZE_STRATEGIES = ("pof2s", "pof2s_tqt")  # docs/qat-accuracy.md
+OUTPUT_FORMATS = ("pb", "onnx")
+ONNX_ROUNDINGS = ("dpu", "half_even")  # docs/onnx.md "Rounding: dpu or half_even"
+MIN_ONNX_OPSET = 13
 
 
 def _opt(default, help_text, choices=None, cli=True):
@@ -51,6 +54,17 @@ class QuantizeConfig:
     nodes_method: Dict[str, int] = _opt([], "per-node method 'name:method,...'")
     calib_iter: int = _opt(100, "number of calibration batches")
     output_dir: str = _opt("./quantize_results", "folder of the output files")
+    output_format: str = _opt("pb", "pb writes quantize_eval_model.pb and deploy_model.pb; onnx "
+                                    "also writes quantize_eval_model.onnx (QuantizeLinear / "
+                                    "DequantizeLinear with scale 2^-position)",
+                              choices=OUTPUT_FORMATS)
+    onnx_opset: int = _opt(13, f"ONNX opset of the .onnx file, {MIN_ONNX_OPSET} up to the "
+                               "newest the installed tf2onnx writes (18 for tf2onnx 1.17)")
+    onnx_rounding: str = _opt(
+        "dpu", "rounding of activations in the .onnx file: dpu computes the eval model's "
+               "numbers exactly (half up, extra float ops); half_even is plain QuantizeLinear "
+               "(ties to even), which ONNX Runtime runs with integer kernels",
+        choices=ONNX_ROUNDINGS)
     align_concat: int = _opt(0, "0 align all concats, 1 output concats only, 2 none",
                              choices=(0, 1, 2))
     simulate_dpu: int = _opt(1, "1 simulates the DPU's AvgPool / LeakyRelu / hard-sigmoid "
@@ -131,6 +145,9 @@ class QuantizeConfig:
             if method not in (0, 1, 2):
                 raise ConfigError(f"nodes_method entry {node!r} has method {method}; use 0, 1 "
                                   "or 2")
+        if not isinstance(self.onnx_opset, int) or self.onnx_opset < MIN_ONNX_OPSET:
+            raise ConfigError(f"onnx_opset={self.onnx_opset!r} must be an integer of at least "
+                              f"{MIN_ONNX_OPSET}")
         if not isinstance(self.calib_iter, int) or self.calib_iter <= 0:
             raise ConfigError(f"calib_iter={self.calib_iter!r} must be a positive integer")
         if not isinstance(self.fast_ft_epochs, int) or self.fast_ft_epochs <= 0:

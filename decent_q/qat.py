@@ -296,12 +296,13 @@ def _rewrite(graph, config, phase):
 # arch_type, simulate_dpu, scale_all_avgpool, fold_bn_freeze_step, quantize_strategy,
 # fix_neuron_impl; the files: output_dir;
 # CreateQuantizeDeployGraph's position passes: align_concat, adjust_shift_cut,
-# adjust_shift_bias. The others are for post-training quantization, dump or the CLI.
+# adjust_shift_bias; its ONNX file: output_format, onnx_opset, onnx_rounding. The others are
+# for post-training quantization, dump or the CLI.
 QAT_OPTIONS = ("input_nodes", "output_nodes", "input_shapes", "ignore_nodes", "weight_bit",
                "activation_bit", "nodes_bit", "nodes_method", "method", "arch_type",
                "simulate_dpu", "scale_all_avgpool", "fold_bn_freeze_step", "quantize_strategy",
                "fix_neuron_impl", "output_dir", "align_concat", "adjust_shift_cut",
-               "adjust_shift_bias")
+               "adjust_shift_bias", "output_format", "onnx_opset", "onnx_rounding")
 
 
 def _lowest_bit(config):

@@ -4,28 +4,38 @@
       -> position passes: align_concat, shift cut / bias    (transforms.adjust_positions)
       -> deploy model                                        (deploy.deploy_graph_def)
       -> quantize_eval_model{suffix}.pb, deploy_model{suffix}.pb in config.output_dir
+         (and quantize_eval_model{suffix}.onnx with output_format="onnx": onnx_export)
 """
 
 import os
 
-from decent_q import deploy, transforms
+from decent_q import deploy, onnx_export, transforms
 from decent_q.graph import utils
 
 
 def write_models(eval_graph_def, config, suffix=""):
-    """Applies the position passes, builds the deploy model and writes both files.
+    """Applies the position passes, builds the deploy model (and the ONNX model) and writes
+    the files.
 
-    Both models are built before anything is written; each file is written atomically.
+    Every model is built before anything is written; each file is written atomically.
 
     Returns:
-      {"quantize_eval_model": path, "deploy_model": path}.
+      {"quantize_eval_model": path, "deploy_model": path[, "quantize_eval_model_onnx": path]}.
     """
     eval_gd = transforms.adjust_positions(eval_graph_def, config)
     deploy_gd = deploy.deploy_graph_def(eval_gd, config)
+    onnx_model = None
+    if config.output_format == "onnx":
+        onnx_model = onnx_export.to_onnx(eval_gd, config.onnx_opset, config.onnx_rounding)
     utils.prepare_output_dir(config.output_dir)
     paths = {"quantize_eval_model": os.path.join(config.output_dir,
                                                  f"quantize_eval_model{suffix}.pb"),
              "deploy_model": os.path.join(config.output_dir, f"deploy_model{suffix}.pb")}
     utils.save_graph_def(eval_gd, paths["quantize_eval_model"])
     utils.save_graph_def(deploy_gd, paths["deploy_model"])
+    if onnx_model is not None:
+        paths["quantize_eval_model_onnx"] = os.path.join(config.output_dir,
+                                                         f"quantize_eval_model{suffix}.onnx")
+        utils.write_atomic(paths["quantize_eval_model_onnx"],
+                           onnx_model.SerializeToString(deterministic=True))
     return paths

@@ -38,11 +38,21 @@ def model_accuracy(path, images, labels, output):
     return float((logits.argmax(1) == labels).mean())
 
 
+def onnx_accuracy(path, images, labels):
+    import onnxruntime  # pylint: disable=import-outside-toplevel
+    session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+    logits = session.run(None, {model.INPUT_NODE: images})[0]
+    return float((logits.argmax(1) == labels).mean())
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--float_dir", default="/tmp/qat_example/float")
     parser.add_argument("--train_dir", default="/tmp/qat_example/train")
     parser.add_argument("--output_dir", default="/tmp/qat_example/quantize_results")
+    parser.add_argument("--output_format", default="pb", choices=("pb", "onnx"),
+                        help="onnx also writes quantize_eval_model_*.onnx and prints its "
+                             "accuracy in ONNX Runtime (needs pip install 'decent_q[onnx]')")
     args = parser.parse_args(argv)
     tf.compat.v1.disable_v2_behavior()
     from tensorflow.contrib import decent_q  # pylint: disable=import-outside-toplevel
@@ -55,7 +65,8 @@ def main(argv=None):
     q_config = decent_q.QuantizeConfig(input_nodes=[model.INPUT_NODE],
                                        output_nodes=[model.OUTPUT_NODE],
                                        input_shapes=[model.INPUT_SHAPE],
-                                       output_dir=args.output_dir)
+                                       output_dir=args.output_dir,
+                                       output_format=args.output_format)
     eval_graph = decent_q.CreateQuantizeEvaluationGraph(config=q_config)
     files = decent_q.CreateQuantizeDeployGraph(checkpoint=args.train_dir, config=q_config)
 
@@ -71,6 +82,9 @@ def main(argv=None):
     print(f"float accuracy: {float_acc:.4f}")
     print(f"QAT accuracy (quantize eval graph + checkpoint): {graph_acc:.4f}")
     print(f"QAT accuracy (quantize_eval_model): {qat_acc:.4f}")
+    if "quantize_eval_model_onnx" in files:
+        print("QAT accuracy (quantize_eval_model.onnx in ONNX Runtime): "
+              f"{onnx_accuracy(files['quantize_eval_model_onnx'], test_x, test_y):.4f}")
     print("files written:")
     for path in [eval_graph] + sorted(files.values()):
         print(f"  {path} ({os.path.getsize(path)} bytes)")

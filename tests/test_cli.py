@@ -143,7 +143,7 @@ def test_help_and_version(capsys):
     assert cli.main(["--version"]) == 0
     assert __version__ in capsys.readouterr().out
     assert cli.main(["--help"]) == 0
-    assert "{quantize,inspect,dump,analyze}" in capsys.readouterr().out
+    assert "{quantize,inspect,dump,analyze,export}" in capsys.readouterr().out
     assert cli.main(["quantize", "--help"]) == 0
     out = capsys.readouterr().out
     for field in OPTIONS:

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from decent_q import ops
+from decent_q import onnx_export, ops
+from decent_q.graph import utils
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLES = os.path.join(ROOT, "examples")
@@ -41,19 +42,47 @@ def float_dir(tmp_path_factory):
 
 
 def test_train_then_eval_in_separate_processes(float_dir, tmp_path):
+    """train.py, then eval.py --output_format onnx: the deployed model's accuracy equals the
+    eval graph's, and ONNX Runtime's run of the .onnx file gives the eval model's output
+    FixNeuron bit for bit on each of the 1,000 test images."""
     run("train.py", "--float_dir", float_dir, "--train_dir", tmp_path / "train",
         "--output_dir", tmp_path / "q", "--steps", 12)
     out = run("eval.py", "--float_dir", float_dir, "--train_dir", tmp_path / "train",
-              "--output_dir", tmp_path / "q")
+              "--output_dir", tmp_path / "q", "--output_format", "onnx")
     assert re.search(r"float accuracy: 0\.\d+", out)
     assert re.search(r"QAT accuracy \(quantize_eval_model\): 0\.\d+", out)
     graph_acc = re.search(r"eval graph \+ checkpoint\): (\S+)", out).group(1)
     model_acc = re.search(r"\(quantize_eval_model\): (\S+)", out).group(1)
-    assert graph_acc == model_acc
+    onnx_acc = re.search(r"\(quantize_eval_model.onnx in ONNX Runtime\): (\S+)", out).group(1)
+    assert graph_acc == model_acc == onnx_acc
     written = sorted(os.listdir(tmp_path / "q"))
     assert "quantize_train_graph.pb" in written
     assert any(re.fullmatch(r"quantize_eval_graph_\d{14}\.pb", f) for f in written)
-    assert any(re.fullmatch(r"quantize_eval_model_12_\d{14}\.pb", f) for f in written)
+    model_pb = next(f for f in written if re.fullmatch(r"quantize_eval_model_12_\d{14}\.pb", f))
+    assert model_pb[:-3] + ".onnx" in written
+    _same_in_onnx_runtime(tmp_path / "q" / model_pb)
+
+
+def _same_in_onnx_runtime(model_pb):
+    import onnxruntime  # pylint: disable=import-outside-toplevel
+    sys.path.insert(0, EXAMPLES)
+    try:
+        import data  # pylint: disable=import-outside-toplevel
+        import model  # pylint: disable=import-outside-toplevel
+    finally:
+        sys.path.remove(EXAMPLES)
+    _, _, images, _ = data.load()
+    output = model.OUTPUT_NODE + "/aquant"
+    graph_def = utils.load_graph_def(str(model_pb))
+    graph = utils.import_graph(graph_def)
+    with tf.compat.v1.Session(graph=graph) as sess:
+        want = sess.run(output + ":0", {model.INPUT_NODE + ":0": images})
+    onnx_model = onnx_export.to_onnx(graph_def, output_nodes=[output])
+    session = onnxruntime.InferenceSession(onnx_model.SerializeToString(),
+                                           providers=["CPUExecutionProvider"])
+    got = session.run(None, {model.INPUT_NODE: images})[0]
+    assert images.shape[0] == 1000
+    np.testing.assert_array_equal(got, want)
 
 
 def test_killed_and_resumed_run_learns_the_same_positions(float_dir, tmp_path):
