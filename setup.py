@@ -28,8 +28,9 @@ class BuildPy(build_py):
             f.write("import _decent_q_contrib; _decent_q_contrib.install()\n")
 
 
-# vai_q_tensorflow export and output_format="onnx" (decent_q/onnx_export.py). tf2onnx is pinned:
-# decent_q extends it through its rewriter and graph API.
+# vai_q_tensorflow export and output_format="onnx" (decent_q/onnx_export.py); tested with onnx
+# 1.23.2 and onnxruntime 1.32.0. tf2onnx is pinned: decent_q extends it through its rewriter and
+# graph API.
 ONNX = ["tf2onnx==1.17.0", "onnx>=1.14", "onnxruntime>=1.17"]
 
 

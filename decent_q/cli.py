@@ -44,8 +44,8 @@ _COMMANDS = {
 
 
 def build_parser(prog="vai_q_tensorflow"):
-    """The argument parser: subcommands quantize, inspect, dump, analyze; every QuantizeConfig
-    option whose metadata says cli=True."""
+    """The argument parser: subcommands quantize, inspect, dump, analyze, export; every
+    QuantizeConfig option whose metadata says cli=True."""
     common = argparse.ArgumentParser(add_help=False)
     files = common.add_argument_group("files")
     files.add_argument("--input_frozen_graph", required=True,

@@ -17,6 +17,7 @@ QUANTIZE_STRATEGIES = ("pof2s", "pof2s_tqt")  # docs/qat-accuracy.md
 OUTPUT_FORMATS = ("pb", "onnx")
 ONNX_ROUNDINGS = ("dpu", "half_even")  # docs/onnx.md "Rounding: dpu or half_even"
 MIN_ONNX_OPSET = 13
+DEFAULT_ONNX_OPSET = 13
 
 
 def _opt(default, help_text, choices=None, cli=True):
@@ -58,7 +59,7 @@ class QuantizeConfig:
                                     "also writes quantize_eval_model.onnx (QuantizeLinear / "
                                     "DequantizeLinear with scale 2^-position)",
                               choices=OUTPUT_FORMATS)
-    onnx_opset: int = _opt(13, f"ONNX opset of the .onnx file, {MIN_ONNX_OPSET} up to the "
+    onnx_opset: int = _opt(DEFAULT_ONNX_OPSET, f"ONNX opset of the .onnx file, {MIN_ONNX_OPSET} up to the "
                                "newest the installed tf2onnx writes (18 for tf2onnx 1.17)")
     onnx_rounding: str = _opt(
         "dpu", "rounding of activations in the .onnx file: dpu computes the eval model's "
@@ -145,9 +146,9 @@ class QuantizeConfig:
             if method not in (0, 1, 2):
                 raise ConfigError(f"nodes_method entry {node!r} has method {method}; use 0, 1 "
                                   "or 2")
-        if not isinstance(self.onnx_opset, int) or self.onnx_opset < MIN_ONNX_OPSET:
-            raise ConfigError(f"onnx_opset={self.onnx_opset!r} must be an integer of at least "
-                              f"{MIN_ONNX_OPSET}")
+        if self.output_format == "onnx":  # before any calibration work
+            from decent_q import onnx_export  # pylint: disable=import-outside-toplevel
+            onnx_export.check_options(self.onnx_opset, self.onnx_rounding)
         if not isinstance(self.calib_iter, int) or self.calib_iter <= 0:
             raise ConfigError(f"calib_iter={self.calib_iter!r} must be a positive integer")
         if not isinstance(self.fast_ft_epochs, int) or self.fast_ft_epochs <= 0:

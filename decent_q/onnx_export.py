@@ -19,18 +19,21 @@ import re
 import numpy as np
 import tensorflow as tf
 
+from decent_q.config import DEFAULT_ONNX_OPSET as DEFAULT_OPSET
 from decent_q.config import MIN_ONNX_OPSET as MIN_OPSET
 from decent_q.config import ONNX_ROUNDINGS as ROUNDINGS
 from decent_q.errors import ConfigError, QuantizeError
 from decent_q.graph import quantized
 from decent_q.graph import utils
 from decent_q.graph.utils import node_name
-from decent_q.ops import Mode
+from decent_q.ops import MAX_POS, MIN_POS, Mode
+from decent_q.transforms import cleanup
 
-DEFAULT_OPSET = 13
 # ROUNDINGS: "dpu", FixNeuron's rounding, exactly (the eval model's numbers); "half_even",
 # QuantizeLinear's own, in the form ONNX Runtime runs with integer kernels (_FixNeuronRewriter).
+
 _NOT_OUTPUTS = frozenset({"Const", "NoOp", "Placeholder", "PlaceholderWithDefault", "Assert"})
+log = logging.getLogger("decent_q")
 _INSTALL = "ONNX export needs tf2onnx, onnx and onnxruntime: pip install 'decent_q[onnx]'"
 
 
@@ -63,6 +66,11 @@ def max_opset():
     return max(constants.OPSET_TO_IR_VERSION)
 
 
+def _tf2onnx_version():
+    import tf2onnx  # pylint: disable=import-outside-toplevel
+    return tf2onnx.__version__
+
+
 def check_options(opset, rounding):
     """Raises ConfigError naming the option unless both are values decent_q exports with."""
     if rounding not in ROUNDINGS:
@@ -70,9 +78,9 @@ def check_options(opset, rounding):
                           f"{rounding!r}")
     top = max_opset()
     if isinstance(opset, bool) or not isinstance(opset, int) or not MIN_OPSET <= opset <= top:
-        raise ConfigError(f"onnx_opset must be an integer from {MIN_OPSET} to {top} (QDQ "
-                          f"with zero points needs {MIN_OPSET}; the installed tf2onnx writes "
-                          f"up to {top}), got {opset!r}")
+        raise ConfigError(f"onnx_opset must be an integer from {MIN_OPSET} to {top} (tf2onnx "
+                          f"sets QuantizeLinear's axis, an opset {MIN_OPSET} attribute; the "
+                          f"installed tf2onnx writes up to {top}), got {opset!r}")
 
 
 def to_onnx(eval_graph_def, opset=DEFAULT_OPSET, rounding="dpu", input_nodes=None,
@@ -96,11 +104,18 @@ def to_onnx(eval_graph_def, opset=DEFAULT_OPSET, rounding="dpu", input_nodes=Non
     points = _points(eval_graph_def)
     nm = utils.NodeMap(eval_graph_def)
     inputs = list(input_nodes or [n.name for n in eval_graph_def.node if n.op == "Placeholder"])
-    outputs = list(output_nodes or _sinks(eval_graph_def))
+    outputs = list(output_nodes or [n for n in cleanup.sinks(eval_graph_def)
+                                    if nm[n].op not in _NOT_OUTPUTS])
     if not inputs:
         raise QuantizeError("the eval model has no Placeholder; give input_nodes")
     utils.check_nodes_exist(nm, inputs, "input node")
     utils.check_nodes_exist(nm, outputs, "output node")
+    wide = sorted(name for name, point in points.items() if point.wide)
+    if wide:
+        log.warning("%d quantization points are wider than 8 bits (%s%s): the ONNX model "
+                    "computes their values with float ops, without QuantizeLinear (int16 "
+                    "needs opset 21, which tf2onnx %s does not write)", len(wide),
+                    ", ".join(wide[:3]), ", ..." if len(wide) > 3 else "", _tf2onnx_version())
     graph_def = _weights_on_grid(eval_graph_def, points)
     return _convert(graph_def, points, opset, rounding, inputs, outputs)
 
@@ -144,14 +159,9 @@ def _points(graph_def):
         hi = 2 ** (attrs["bit_width"] - 1) - 1
         symmetric = attrs["arch_type"] == "DPUCADF8H" and attrs["mode"] == Mode.ACTIVATION
         points[name] = _Point(name, attrs["bit_width"],
-                              max(-127, min(127, quantized.position(node))), attrs["mode"],
+                              max(MIN_POS, min(MAX_POS, quantized.position(node))), attrs["mode"],
                               -hi if symmetric else -hi - 1, hi)
     return points
-
-
-def _sinks(graph_def):
-    consumed = {node_name(i) for n in graph_def.node for i in n.input}
-    return [n.name for n in graph_def.node if n.name not in consumed and n.op not in _NOT_OUTPUTS]
 
 
 def _weights_on_grid(graph_def, points):
@@ -198,7 +208,11 @@ def _convert(graph_def, points, opset, rounding, inputs, outputs):
                                 "onnx_opset, or end the exported model before it "
                                 "(output_nodes)")
     model = _canonical(model)
-    onnx.checker.check_model(model)
+    try:
+        onnx.checker.check_model(model)
+    except onnx.checker.ValidationError as err:
+        raise QuantizeError(f"the exported ONNX model does not pass onnx.checker: "
+                            f"{str(err).splitlines()[0]}") from err
     return model
 
 
@@ -208,33 +222,45 @@ def _canonical(model):
     tf2onnx names the nodes it adds ``<name>__<counter>`` and its optimizers visit nodes in an
     order that changes from call to call, so the same graph can come out with other names and
     another node order. Here each tensor gets a digest of what computes it (op, attributes,
-    input digests; an initializer's content), each generated name becomes
-    ``<name without counter>__<digest prefix>``, and the nodes are sorted topologically, ties
-    by name: the same eval model gives the same bytes. tf2onnx merges equal constants under
-    the name of whichever it met first, so an initializer is named by its digest alone.
+    input digests; an initializer's content), each generated name (one holding a
+    ``__<counter>``) becomes ``<name without counters>__<digest prefix>``, and the nodes are sorted
+    topologically, ties by name: the same eval model gives the same bytes. Other names (those
+    of the TensorFlow graph) stay. tf2onnx merges equal constants under the name of whichever it met
+    first, so an initializer is named by its digest alone.
     """
+    import onnx  # pylint: disable=import-outside-toplevel
     graph = model.graph
+    if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+           for n in graph.node for a in n.attribute):
+        return model  # control flow (If / Loop bodies): left as tf2onnx wrote it
     fixed = {v.name for v in list(graph.input) + list(graph.output)}
     digest, renamed = {name: name for name in fixed}, {}
+    taken = {n.name for n in graph.node} | {o for n in graph.node for o in n.output}
 
     def new_name(old, text):
-        if old in fixed:
+        if old in fixed or not re.search(r"__\d+", old):
             return old
-        base = re.sub(r"__\d+(:\d+)?$", "", old)
+        base = re.sub(r"__\d+|:\d+$", "", old)  # counters can nest: X__145_DequantizeLinear__201
         name = f"{base}__{hashlib.sha1(text.encode()).hexdigest()[:10]}"
-        while name in renamed.values():
+        while name in taken:
             name += "_"
+        taken.add(name)
         return name
 
     for init in graph.initializer:
-        content = onnx_copy(init)
+        content = _copy(init)
         content.name = ""
-        digest[init.name] = hashlib.sha1(content.SerializeToString(deterministic=True)).hexdigest()
-        renamed[init.name] = init.name if init.name in fixed else f"const__{digest[init.name][:12]}"
-        init.name = renamed[init.name]
+        digest[init.name] = hashlib.sha1(
+            content.SerializeToString(deterministic=True)).hexdigest()
+        name = init.name if init.name in fixed else f"const__{digest[init.name][:12]}"
+        while name in taken and name != init.name:
+            name += "_"
+        taken.add(name)
+        renamed[init.name] = init.name = name
     for node in graph.node:  # tf2onnx writes them in a topological order
         attrs = [a.SerializeToString(deterministic=True).hex() for a in node.attribute]
-        text = "|".join([node.op_type, node.domain, *attrs, *(digest.get(i, i) for i in node.input)])
+        text = "|".join([node.op_type, node.domain, *attrs,
+                         *(digest.get(i, i) for i in node.input)])
         node.name = new_name(node.name, text)
         for index, out in enumerate(node.output):
             digest[out] = hashlib.sha1(f"{text}#{index}".encode()).hexdigest()
@@ -242,13 +268,18 @@ def _canonical(model):
     for node in graph.node:
         node.input[:] = [renamed.get(i, i) for i in node.input]
         node.output[:] = [renamed[o] for o in node.output]
-    del graph.value_info[:]
+    del graph.value_info[:]  # shapes of inner tensors, under the old names; optional in ONNX
+    unknown = {}  # tf2onnx's unk__<counter> sizes (a free batch size): unknown_0, unknown_1, ...
+    for value in list(graph.input) + list(graph.output):
+        for dim in value.type.tensor_type.shape.dim:
+            if re.fullmatch(r"unk__\d+", dim.dim_param):
+                dim.dim_param = unknown.setdefault(dim.dim_param, f"unknown_{len(unknown)}")
     _sort_nodes(graph)
     graph.initializer.sort(key=lambda t: t.name)
     return model
 
 
-def onnx_copy(proto):
+def _copy(proto):
     copy = type(proto)()
     copy.CopyFrom(proto)
     return copy
@@ -274,6 +305,9 @@ def _sort_nodes(graph):
             waiting[user].discard(name)
             if not waiting[user]:
                 heapq.heappush(ready, user)
+    if len(order) != len(nodes) or len(nodes) != len(graph.node):
+        raise QuantizeError("internal error: the exported graph has a cycle or repeats a node "
+                            "name; rerun with --debug and report it")
     del graph.node[:]
     graph.node.extend(order)
 
@@ -306,8 +340,10 @@ class _FixNeuronRewriter:
     whose output keeps the FixNeuron's tensor name.
 
     - Weights are on their grid already, so QuantizeLinear's rounding does not change them.
-      Biases (of a Conv2D or BiasAdd) stay float Consts of their on-grid values: ONNX Runtime
-      quantizes a float bias to int32 at the accumulator's scale itself, exactly.
+      A bias (of a Conv2D, BiasAdd, Gemm or transposed conv) stays a float Const of its
+      on-grid values when ONNX Runtime can quantize it to int32 at the accumulator's scale
+      2^-(px + pw) exactly, i.e. its position pb <= px + pw (its integer kernels take a float
+      bias, not an int8 pair); with "dpu" always (the convs run in float).
     - Activations, rounding "dpu": x * 2^pos is rounded half up (half away from zero for a
       WEIGHT-mode FixNeuron of a computed tensor) to the integer codes, clamped to [lo, hi]
       and scaled back, so that QuantizeLinear only re-encodes grid values. int8, zero point 0.
@@ -332,9 +368,24 @@ class _FixNeuronRewriter:
                 continue
             if node.type == "FixNeuron":
                 self._activation(g, point, node)
-            elif not point.wide and not _is_bias(g, node):
+            elif not point.wide and not self._float_bias(g, point, node):
                 self._weight(g, point, node)
         return g.get_nodes()
+
+    def _float_bias(self, g, point, node):
+        """Whether the Const stays float: the class docstring's bias rule."""
+        out = node.output[0]
+        users = g.find_output_consumers(out)
+        layers = [_bias_layer(g, user, out) for user in users]
+        if not users or None in layers:
+            return False
+        if self.rounding == "dpu":
+            return True
+        for x_name, w_name in layers:
+            x, w = self.points.get(node_name(x_name)), self.points.get(node_name(w_name))
+            if x is None or w is None or point.pos > x.pos + w.pos:
+                return False
+        return True
 
     def _weight(self, g, point, node):
         from tf2onnx.utils import make_name  # pylint: disable=import-outside-toplevel
@@ -379,7 +430,6 @@ class _FixNeuronRewriter:
 
     def _to_grid(self, g, point, x):
         """The float ops before QuantizeLinear for an activation (class docstring)."""
-        from onnx import TensorProto  # pylint: disable=import-outside-toplevel
         from tf2onnx.utils import make_name  # pylint: disable=import-outside-toplevel
         shape, dtype = g.get_shape(x), g.get_dtype(x)
 
@@ -414,13 +464,21 @@ def _round_half_up(op, v, const):
     return op("Add", floor, op("Cast", up, to=TensorProto.FLOAT))
 
 
-def _is_bias(g, node):
-    """True if every reader uses the Const as the bias of a Conv2D (tf2onnx merged its
-    BiasAdd) or of a BiasAdd."""
-    out = node.output[0]
-    return all((user.type == "Conv2D" and user.input[2:] == [out]) or
-               (user.type == "BiasAdd" and user.input[1] == out)
-               for user in g.find_output_consumers(out))
+def _bias_layer(g, user, bias):
+    """(input tensor, weight tensor) of the layer whose bias `user` reads `bias` as, or None.
+    At rewrite time tf2onnx has merged a BiasAdd into the Conv2D or Conv2DBackpropInput
+    before it, and a MatMul + BiasAdd of known shapes into a Gemm."""
+    if user.type in ("Conv2D", "Gemm") and user.input[2:] == [bias]:
+        return user.input[0], user.input[1]
+    if user.type == "Conv2DBackpropInput" and user.input[3:] == [bias]:
+        return user.input[2], user.input[1]
+    if user.type == "BiasAdd" and user.input[1] == bias:
+        layer = g.get_node_by_output(user.input[0])
+        if layer is not None and layer.type in ("Conv2D", "MatMul", "DepthwiseConv2dNative"):
+            return layer.input[0], layer.input[1]
+        if layer is not None and layer.type == "Conv2DBackpropInput":
+            return layer.input[2], layer.input[1]
+    return None
 
 
 def _const(g, point, what, value):
