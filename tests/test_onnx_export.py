@@ -3,6 +3,7 @@ the eval model's numbers: bit for bit with rounding "dpu", against TensorFlow an
 NumPy reference; "half_even" differs only at ties and runs integer kernels."""
 
 import collections
+import importlib.util
 import os
 import platform
 import shutil
@@ -79,12 +80,12 @@ def digits(tmp_path_factory):
                  "--output_nodes", "logits", "--input_shapes", "?,8,8,1", "--input_fn",
                  "my_input_fn.calib_input", "--output_format", "onnx", "--quiet"], folder)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    sys.path.insert(0, str(folder))
-    try:
-        import my_input_fn  # pylint: disable=import-outside-toplevel
-        _, _, test_x, test_y = my_input_fn.load_split()
-    finally:
-        sys.path.remove(str(folder))
+    # By path: other tests import modules named my_input_fn of their own.
+    spec = importlib.util.spec_from_file_location("ptq_example_input_fn",
+                                                  folder / "my_input_fn.py")
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    _, _, test_x, test_y = example.load_split()
     return folder, test_x, test_y
 
 
