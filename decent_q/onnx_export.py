@@ -341,9 +341,9 @@ class _FixNeuronRewriter:
 
     - Weights are on their grid already, so QuantizeLinear's rounding does not change them.
       A bias (of a Conv2D, BiasAdd, Gemm or transposed conv) stays a float Const of its
-      on-grid values when ONNX Runtime can quantize it to int32 at the accumulator's scale
-      2^-(px + pw) exactly, i.e. its position pb <= px + pw (its integer kernels take a float
-      bias, not an int8 pair); with "dpu" always (the convs run in float).
+      on-grid values: ONNX Runtime's integer kernels take a float bias (an int8 pair would
+      keep the layer in float) and quantize it to int32 at the accumulator's scale
+      2^-(px + pw), exactly unless the bias is finer (pb > px + pw; docs/onnx.md).
     - Activations, rounding "dpu": x * 2^pos is rounded half up (half away from zero for a
       WEIGHT-mode FixNeuron of a computed tensor) to the integer codes, clamped to [lo, hi]
       and scaled back, so that QuantizeLinear only re-encodes grid values. int8, zero point 0.
@@ -368,24 +368,16 @@ class _FixNeuronRewriter:
                 continue
             if node.type == "FixNeuron":
                 self._activation(g, point, node)
-            elif not point.wide and not self._float_bias(g, point, node):
+            elif not point.wide and not self._float_bias(g, node):
                 self._weight(g, point, node)
         return g.get_nodes()
 
-    def _float_bias(self, g, point, node):
-        """Whether the Const stays float: the class docstring's bias rule."""
+    @staticmethod
+    def _float_bias(g, node):
+        """Whether every reader uses the Const as a layer's bias (it then stays float)."""
         out = node.output[0]
         users = g.find_output_consumers(out)
-        layers = [_bias_layer(g, user, out) for user in users]
-        if not users or None in layers:
-            return False
-        if self.rounding == "dpu":
-            return True
-        for x_name, w_name in layers:
-            x, w = self.points.get(node_name(x_name)), self.points.get(node_name(w_name))
-            if x is None or w is None or point.pos > x.pos + w.pos:
-                return False
-        return True
+        return bool(users) and all(_bias_layer(g, user, out) for user in users)
 
     def _weight(self, g, point, node):
         from tf2onnx.utils import make_name  # pylint: disable=import-outside-toplevel

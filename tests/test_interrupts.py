@@ -77,8 +77,13 @@ def _start(root, argv, code=None, **env_vars):
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
                TF_CPP_MIN_LOG_LEVEL="2", **env_vars)
     head = [sys.executable, "-c", code] if code else [sys.executable, "-m", "decent_q.cli"]
+    # SIGINT at its default in the child: a process started with SIGINT ignored keeps ignoring
+    # it (Python then installs no KeyboardInterrupt handler), and a pytest run launched as a
+    # background job of a non-interactive shell (`cmd &`) has it ignored. That, not decent_q,
+    # was why test_ctrl_c_during_calibration failed in such runs.
     proc = subprocess.Popen(head + argv, cwd=root, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     lines = queue.Queue()
 
     def pump():
