@@ -17,6 +17,8 @@ finder in front of the import system. It answers:
 * ``tf_keras.legacy_tf_layers[.*]`` -- TensorFlow 2.21 lazily imports this old path, which
   tf_keras now ships as ``tf_keras.src.legacy_tf_layers``; without the alias ``slim.batch_norm``
   fails with "No module named 'tf_keras.legacy_tf_layers'".
+* ``pytorch_nndct[.*]`` -- :mod:`decent_q_torch`, the PyTorch flow with vai_q_pytorch's API
+  (``from pytorch_nndct.apis import torch_quantizer``; ``import pytorch_nndct as py_nndct``).
 
 TensorFlow's and tf_keras's files are not touched, and this module imports neither TensorFlow
 nor decent_q, so interpreter start-up stays fast and ``import tensorflow`` costs one extra
@@ -37,6 +39,7 @@ _PREFIX_ALIASES = (
     (_CONTRIB + ".decent_q", "decent_q"),
     ("vai_q_tensorflow", "decent_q"),
     ("tf_keras.legacy_tf_layers", "tf_keras.src.legacy_tf_layers"),
+    ("pytorch_nndct", "decent_q_torch"),
 )
 
 

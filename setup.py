@@ -45,7 +45,7 @@ setup(
     description="Power-of-two (DPU) quantization of TensorFlow graphs: QAT and post-training",
     long_description=open(os.path.join(HERE, "README.md")).read(),
     long_description_content_type="text/markdown",
-    packages=find_packages(include=["decent_q", "decent_q.*"]),
+    packages=find_packages(include=["decent_q", "decent_q.*", "decent_q_torch", "decent_q_torch.*"]),
     py_modules=["_decent_q_contrib", "_decent_q_entry"],
     python_requires=">=3.9",
     install_requires=[

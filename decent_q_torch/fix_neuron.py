@@ -1,0 +1,152 @@
+"""FixNeuron numerics on torch tensors: the same numbers as decent_q's TensorFlow op.
+
+docs/fixneuron.md describes them; docs/pytorch.md "Numerics" says what the PyTorch flow adds.
+With position p the step is 2^-p and each element x becomes
+
+    clamp(round(x * 2^p), lo, hi) * 2^-p
+
+computed in float32 and exactly: x * 2^p is exact (a power-of-two scaling; where it overflows
+the value saturates anyway, where it turns denormal it rounds to 0 anyway), and the rounding
+compares v - floor(v), itself exact, with 1/2, never floor(v + 0.5) (0.49999997 rounds to 0).
+The roundings:
+
+    std_round   half away from zero (the op's WEIGHT / DW_WEIGHT mode; weights, biases, inputs)
+    half_up     half towards +inf (the op's ACTIVATION mode: the DPU's activation rounding)
+    half_even   half to even (CPU runtimes; not a DPU rounding)
+    half_down   half towards -inf
+
+Position search (CALIB and QAT training; non-finite values read as 0):
+
+    maxmin (method 0)  p0 = floor(log2(1 / step)), step = max(mn / (-2^(b-1) - 0.5),
+                       mx / (2^(b-1) - 0.5)), mn = min(0, min x), mx = max(0, max x)
+    diffs  (method 1)  the candidate of p0 .. p0 + 4 (none above 127) with the smallest sum of
+                       squared errors (float64), ties to the smaller
+    diffs on a depthwise weight with method 2: sum(sqrt(|err| / (|x| + 1e-9))) instead
+
+A tensor with no nonzero finite value gets position 127; positions lie in [-127, 127].
+"""
+
+import math
+
+import torch
+
+MIN_POS, MAX_POS = -127, 127
+ZERO_POS = 127
+NUM_POS = MAX_POS - MIN_POS + 1
+ROUND_MODES = ("std_round", "half_up", "half_even", "half_down")
+
+
+def quant_range(bit_width, narrow_range=False):
+    """[lo, hi] of a signed ``bit_width`` code; ``narrow_range`` drops the most negative code."""
+    hi = 2 ** (bit_width - 1) - 1
+    return (-hi if narrow_range else -hi - 1), hi
+
+
+def _half_up(v):
+    """floor(v + 1/2) decided exactly in float32: v - floor(v) is exact (Sterbenz for
+    |v| >= 1; below, the comparison with 0.5 comes out right even where it rounds)."""
+    whole = torch.floor(v)
+    return whole + ((v - whole) >= 0.5).to(v.dtype)
+
+
+def _round(v, round_mode):
+    """Rounds float32 ``v`` exactly; NaN stays NaN and +-inf stay."""
+    if round_mode == "half_up":
+        return _half_up(v)
+    if round_mode == "half_even":
+        return torch.round(v)
+    if round_mode == "half_down":
+        return -_half_up(-v)
+    return torch.sign(v) * _half_up(v.abs())  # sign * ..., not copysign: ONNX has Sign
+
+
+def to_codes(x, pos, bit_width, round_mode="std_round", narrow_range=False):
+    """The integer codes (float32) of ``x`` at position ``pos``: clamp(round(x * 2^pos)).
+    x * 2^pos is exact in float32 except where it overflows (saturates anyway) or becomes
+    denormal (rounds to 0 anyway)."""
+    lo, hi = quant_range(bit_width, narrow_range)
+    v = x.detach().to(torch.float32) * (2.0 ** pos)
+    return _round(v, round_mode).clamp_(lo, hi)  # NaN stays NaN; +-inf saturate
+
+
+def quantize(x, pos, bit_width, round_mode="std_round", narrow_range=False):
+    """``clamp(round(x * 2^pos), lo, hi) * 2^-pos`` as float32 (a correctly rounded product,
+    so exact where representable)."""
+    return to_codes(x, pos, bit_width, round_mode, narrow_range) * (2.0 ** -pos)
+
+
+def _finite_values(x):
+    x = x.detach().reshape(-1)
+    return torch.where(torch.isfinite(x), x, torch.zeros_like(x))
+
+
+def non_overflow_pos(x, bit_width):
+    """Method 0 (maxmin): the largest p with the whole range representable, 127 if all zero."""
+    x = _finite_values(x)
+    if x.numel() == 0:
+        return ZERO_POS
+    half = 2.0 ** (bit_width - 1)
+    low, high = torch.aminmax(x)
+    mn, mx = min(float(low), 0.0), max(float(high), 0.0)
+    # float64 step: mn and mx are float32 values, so a quotient that rounds onto a power of two
+    # was one already; the position is read from the binary exponent of the step.
+    step = max(mn / (-half - 0.5), mx / (half - 0.5))
+    if step <= 0.0:
+        return ZERO_POS
+    mantissa, exponent = math.frexp(step)  # step = m * 2^e, 0.5 <= m < 1
+    # 1 / step = 2^-e / m with 1 < 1/m <= 2: floor(log2) is -e, or -e + 1 when m == 0.5.
+    pos = -exponent + (1 if mantissa == 0.5 else 0)
+    return int(min(max(pos, MIN_POS), MAX_POS))
+
+
+def _cost(x32, x64, pos, bit_width, round_mode, narrow_range, depthwise_cost):
+    q = quantize(x32, pos, bit_width, round_mode, narrow_range).to(torch.float64)
+    d = q - x64
+    if depthwise_cost:
+        return float(torch.sqrt((d / (x64.abs() + 1e-9)).abs()).sum())
+    return float((d * d).sum())
+
+
+def search_pos(x, bit_width, method=1, round_mode="std_round", narrow_range=False,
+               depthwise=False):
+    """The position a calibration or training batch ``x`` chooses (see the module doc)."""
+    p0 = non_overflow_pos(x, bit_width)
+    if method == 0 or p0 == ZERO_POS:
+        return p0
+    x32 = _finite_values(x).to(torch.float32)
+    x64 = x32.to(torch.float64)
+    depthwise_cost = method == 2 and depthwise
+    best, best_cost = p0, None
+    for pos in range(p0, min(p0 + 4, MAX_POS) + 1):
+        cost = _cost(x32, x64, pos, bit_width, round_mode, narrow_range, depthwise_cost)
+        if best_cost is None or cost < best_cost:
+            best, best_cost = pos, cost
+    return best
+
+
+class _StraightThrough(torch.autograd.Function):
+    """Forward: the quantized values; backward: the gradient passes unchanged (FixNeuron's)."""
+
+    @staticmethod
+    def forward(ctx, x, quantized):  # pylint: disable=arguments-differ
+        return quantized
+
+    @staticmethod
+    def backward(ctx, grad):  # pylint: disable=arguments-differ
+        return grad, None
+
+
+def fake_quantize(x, pos, bit_width, round_mode="std_round", narrow_range=False):
+    """``quantize`` with the straight-through gradient (QAT and fast finetune)."""
+    quantized = quantize(x, pos, bit_width, round_mode, narrow_range)
+    if not (x.requires_grad and torch.is_grad_enabled()):
+        return quantized
+    return _StraightThrough.apply(x, quantized)
+
+
+def kept_position(hist):
+    """The most frequent position of histogram ``hist`` (int tensor [255]), ties to the
+    smaller; None if empty."""
+    if int(hist.max()) <= 0:
+        return None
+    return int(torch.nonzero(hist == hist.max())[0, 0]) + MIN_POS
