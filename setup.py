@@ -34,6 +34,11 @@ class BuildPy(build_py):
 ONNX = ["tf2onnx==1.17.0", "onnx>=1.14", "onnxruntime>=1.17"]
 
 
+# The PyTorch flow (decent_q_torch, docs/pytorch.md); pinned: torch 2.14.1 and torchvision 0.29.1
+# are the pair tested together.
+TORCH = ["torch==2.14.1", "torchvision==0.29.1"]
+
+
 def _version():
     with open(os.path.join(HERE, "decent_q", "version.py")) as f:
         return f.read().split('"')[1]
@@ -56,8 +61,8 @@ setup(
     ],
     # matplotlib draws analyze_report.png (vai_q_tensorflow analyze); without it the report
     # has its Markdown and JSON files only.
-    extras_require={"test": ["pytest", "mlxtend", "hypothesis", "matplotlib"] + ONNX,
-                    "onnx": ONNX,
+    extras_require={"test": ["pytest", "mlxtend", "hypothesis", "matplotlib"] + ONNX + TORCH,
+                    "onnx": ONNX, "torch": TORCH,
                     "examples": ["mlxtend"], "analyze": ["matplotlib"]},
     entry_points={"console_scripts": [
         "vai_q_tensorflow=_decent_q_entry:vai_q_tensorflow",

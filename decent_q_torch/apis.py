@@ -15,6 +15,7 @@ from decent_q_torch import config as config_lib
 from decent_q_torch import convert
 from decent_q_torch import fast_finetune as fast_finetune_lib
 from decent_q_torch import log
+from decent_q_torch import nn as qnn
 from decent_q_torch import source
 from decent_q_torch.errors import QuantizeError
 from decent_q_torch.version import __version__
@@ -87,14 +88,15 @@ class _Converted:
     """The float model converted once: the quantized GraphModule, its points, the folded
     float GraphModule (fast finetune's reference) and the names."""
 
-    def __init__(self, module, example_inputs, quant_config, bitwidth=None):
+    def __init__(self, module, example_inputs, quant_config, bitwidth=None, qat=False):
         if bitwidth is not None:
             quant_config = _with_bitwidth(quant_config, bitwidth)
         self.config = quant_config
         self.class_name = type(module).__name__
         self.float_gm = convert.trace(module, example_inputs)
         convert.fold_batch_norms(self.float_gm)
-        self.gm, self.points, self.plan = convert.convert(module, example_inputs, quant_config)
+        self.gm, self.points, self.plan = convert.convert(module, example_inputs, quant_config,
+                                                          qat=qat)
         self.md5 = graph_md5(self.gm)
         for reason in set(self.plan.float_nodes.values()):
             count = sum(1 for r in self.plan.float_nodes.values() if r == reason)
@@ -408,7 +410,8 @@ class QatProcessor:
         example = tuple(t.to(self.device) for t in _example_inputs(inputs))
         quant_config = config_lib.load(quant_config_file) if quant_config_file else \
             config_lib.QuantConfig()
-        self._converted = _Converted(model.to(self.device), example, quant_config, bitwidth)
+        self._converted = _Converted(model.to(self.device), example, quant_config, bitwidth,
+                                     qat=True)
         self._converted.set_phase("train")
 
     def trainable_model(self, allow_reused_module=True):
@@ -426,6 +429,8 @@ class QatProcessor:
         for name, point in self._converted.points.items():
             point.pos = positions.get(name)
         self._converted.set_phase("test")
+        for node in self._converted.plan.layers:
+            qnn.fold_batch_norm(self._converted.gm.get_submodule(node.target))
         name = self._converted.class_name
         _write_text(os.path.join(output_dir, f"{name}.py"),
                     source.write(self._converted.gm, name, self._converted.layer_names()))

@@ -107,9 +107,10 @@ def _calls_of(gm, target):
     return [n for n in gm.graph.nodes if n.op == "call_module" and n.target == target]
 
 
-def fold_batch_norms(gm):
-    """Folds each eval BatchNorm into the Conv / Linear whose only user it is; returns the
-    number folded."""
+def fold_batch_norms(gm, attach=False):
+    """Folds each eval BatchNorm into the Conv / Linear whose only user it is (``attach``:
+    QAT, the layer takes the batch norm over and folds it on each forward, nn.attach_batch_norm);
+    returns the number folded."""
     folded = 0
     for node in list(gm.graph.nodes):
         bn = _module(gm, node)
@@ -122,14 +123,10 @@ def fold_batch_norms(gm):
                                   torch.nn.Linear)) or len(source.users) != 1 or \
                 len(_calls_of(gm, source.target)) != 1:
             continue
-        with torch.no_grad():
-            scale = bn.weight / torch.sqrt(bn.running_var + bn.eps) if bn.affine else \
-                1.0 / torch.sqrt(bn.running_var + bn.eps)
-            shift = bn.bias if bn.affine else torch.zeros_like(bn.running_mean)
-            bias = layer.bias if layer.bias is not None else torch.zeros_like(bn.running_mean)
-            layer.weight.mul_(scale.reshape([-1] + [1] * (layer.weight.dim() - 1)))
-            new_bias = (bias - bn.running_mean) * scale + shift
-            layer.bias = torch.nn.Parameter(new_bias.detach().clone())
+        if attach and bn.affine:
+            qnn.attach_batch_norm(layer, bn)
+        else:
+            _fold_into(layer, bn)
         node.replace_all_uses_with(source)
         gm.graph.erase_node(node)
         folded += 1
@@ -137,6 +134,18 @@ def fold_batch_norms(gm):
     gm.delete_all_unused_submodules()
     gm.recompile()
     return folded
+
+
+def _fold_into(layer, bn):
+    """Folds eval batch norm ``bn`` into ``layer``'s weight and bias."""
+    with torch.no_grad():
+        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps) if bn.affine else \
+            1.0 / torch.sqrt(bn.running_var + bn.eps)
+        shift = bn.bias if bn.affine else torch.zeros_like(bn.running_mean)
+        bias = layer.bias if layer.bias is not None else torch.zeros_like(bn.running_mean)
+        layer.weight.mul_(scale.reshape([-1] + [1] * (layer.weight.dim() - 1)))
+        new_bias = (bias - bn.running_mean) * scale + shift
+        layer.bias = torch.nn.Parameter(new_bias.detach().clone())
 
 
 def replace_modules(gm, old_type, make):
@@ -325,14 +334,15 @@ def apply(gm, config, the_plan):
     return points
 
 
-def convert(module, example_inputs, config):
-    """(quantized GraphModule, {point name: FixNeuron}, Plan) for float ``module``."""
+def convert(module, example_inputs, config, qat=False):
+    """(quantized GraphModule, {point name: FixNeuron}, Plan) for float ``module``; ``qat``:
+    batch norms stay in their layers, folded on each forward (nn.attach_batch_norm)."""
     gm = trace(module, example_inputs)
     if config.convert_relu6_to_relu:
         replace_modules(gm, torch.nn.ReLU6, lambda m: torch.nn.ReLU(inplace=m.inplace))
     if config.convert_silu_to_hswish:
         replace_modules(gm, torch.nn.SiLU, lambda m: torch.nn.Hardswish(inplace=m.inplace))
-    fold_batch_norms(gm)
+    fold_batch_norms(gm, attach=qat)
     the_plan = plan(gm, config)
     points = apply(gm, config, the_plan)
     return gm, points, the_plan

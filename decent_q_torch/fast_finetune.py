@@ -20,8 +20,8 @@ import torch
 from decent_q_torch import log
 from decent_q_torch.errors import QuantizeError
 
-STEPS = 200
-LEARNING_RATE = 1e-4
+STEPS = 100
+LEARNING_RATE = 0.05  # of the parameter's quantization step
 BATCH = 32
 
 
@@ -52,22 +52,46 @@ def _capture(model, module, inputs, take_input):
     return torch.cat(captured)
 
 
-def _adjust(layer, inputs, targets, steps, lr, seed):
-    """Adam on the layer's weight and bias: quantized layer(inputs) -> targets."""
-    params = [p for p in (layer.weight, layer.bias) if p is not None]
-    optimizer = torch.optim.Adam(params, lr=lr)
+def _activation(gm, converted, node):
+    """The ReLU-like op whose output is quantized for layer ``node`` (fused), or identity."""
+    for out, owner in converted.plan.outputs.items():
+        if owner is node and out is not node:
+            if out.op == "call_module":
+                return gm.get_submodule(out.target)
+            if out.op == "call_function":
+                return lambda t, f=out.target, a=out.args[1:], k=dict(out.kwargs): f(t, *a, **k)
+            return lambda t, m=out.target: getattr(t, m)()
+    return lambda t: t
+
+
+def _adjust(layer, activation, inputs, targets, steps, lr, seed):
+    """Adam on the layer's weight and bias: activation(quantized layer(inputs)) ->
+    activation(targets). The rate is ``lr`` times each parameter's quantization step, so a
+    step moves a weight by about ``lr`` of its grid."""
+    groups = []
+    for param, point in ((layer.weight, layer.weight_point), (layer.bias, layer.bias_point)):
+        if param is not None:
+            scale = 2.0 ** -point.pos if point is not None and point.pos is not None else 1e-2
+            groups.append({"params": [param], "lr": lr * scale})
+    optimizer = torch.optim.Adam(groups)
     generator = torch.Generator().manual_seed(seed)
+    targets = activation(targets)
+
+    def loss_of(index):
+        return torch.mean((activation(layer(inputs[index])) - targets[index]) ** 2)
+
+    probe = torch.arange(min(256, inputs.shape[0]))
     with torch.no_grad():
-        before = float(torch.mean((layer(inputs[:256]) - targets[:256]) ** 2))
+        before = float(loss_of(probe))
     for _ in range(steps):
         index = torch.randint(0, inputs.shape[0], (min(BATCH, inputs.shape[0]),),
                               generator=generator)
         optimizer.zero_grad()
-        loss = torch.mean((layer(inputs[index]) - targets[index]) ** 2)
+        loss = loss_of(index)
         loss.backward()
         optimizer.step()
     with torch.no_grad():
-        after = float(torch.mean((layer(inputs[:256]) - targets[:256]) ** 2))
+        after = float(loss_of(probe))
     return before, after
 
 
@@ -104,7 +128,8 @@ def run(converted, run_fn, run_args, steps, lr):
             targets = _capture(float_gm, float_gm.get_submodule(node.target), kept,
                                take_input=False)
             with torch.enable_grad():
-                before, after = _adjust(layer, inputs, targets, steps, lr, seed=index)
+                before, after = _adjust(layer, _activation(gm, converted, node), inputs, targets,
+                                        steps, lr, seed=index)
             log.note(f"fast finetune {node.target}: output MSE {before:.3g} -> {after:.3g}")
             for attr in ("weight", "bias"):
                 if getattr(layer, attr) is not None:

@@ -75,14 +75,16 @@ def quantize(x, pos, bit_width, round_mode="std_round", narrow_range=False):
     return to_codes(x, pos, bit_width, round_mode, narrow_range) * (2.0 ** -pos)
 
 
+_CHUNK = 1 << 18  # elements per block of the candidates' error sums (bounded memory)
+
+
 def _finite_values(x):
-    x = x.detach().reshape(-1)
+    x = x.detach().reshape(-1).to(torch.float32)
     return torch.where(torch.isfinite(x), x, torch.zeros_like(x))
 
 
-def non_overflow_pos(x, bit_width):
-    """Method 0 (maxmin): the largest p with the whole range representable, 127 if all zero."""
-    x = _finite_values(x)
+def _non_overflow(x, bit_width):
+    """Method 0 on the finite, flattened float32 values ``x``."""
     if x.numel() == 0:
         return ZERO_POS
     half = 2.0 ** (bit_width - 1)
@@ -99,29 +101,52 @@ def non_overflow_pos(x, bit_width):
     return int(min(max(pos, MIN_POS), MAX_POS))
 
 
-def _cost(x32, x64, pos, bit_width, round_mode, narrow_range, depthwise_cost):
-    q = quantize(x32, pos, bit_width, round_mode, narrow_range).to(torch.float64)
-    d = q - x64
-    if depthwise_cost:
-        return float(torch.sqrt((d / (x64.abs() + 1e-9)).abs()).sum())
-    return float((d * d).sum())
+def non_overflow_pos(x, bit_width):
+    """Method 0 (maxmin): the largest p with the whole range representable, 127 if all zero."""
+    return _non_overflow(_finite_values(x), bit_width)
+
+
+def _squared_errors(x, positions, bit_width, round_mode, narrow_range):
+    """sum((q_p * 2^-p - x)^2) for each candidate p, all candidates in one pass per block.
+
+    In units of the candidate's step the error e = q - x * 2^p is exact in float32 (q and
+    x * 2^p are within a factor of two, or q is 0, or saturated codes of at most 16 bits differ
+    from x * 2^p < 2^21 by a representable amount), e^2 is exact in float64, and the scaling
+    by 2^-2p is exact: only the float64 sum rounds."""
+    lo, hi = quant_range(bit_width, narrow_range)
+    scales = torch.tensor([2.0 ** p for p in positions], dtype=torch.float32)[:, None]
+    totals = torch.zeros(len(positions), dtype=torch.float64)
+    for start in range(0, x.numel(), _CHUNK):
+        v = x[None, start:start + _CHUNK] * scales
+        e = (_round(v, round_mode).clamp_(lo, hi) - v).to(torch.float64)
+        totals += (e * e).sum(dim=1)
+    return [float(t) * 2.0 ** (-2 * p) for t, p in zip(totals, positions)]
+
+
+def _relative_cost(x, pos, bit_width, round_mode, narrow_range):
+    """Method 2's depthwise cost sum(sqrt(|(y - x) / (|x| + 1e-9)|)) in float64."""
+    x64 = x.to(torch.float64)
+    d = quantize(x, pos, bit_width, round_mode, narrow_range).to(torch.float64) - x64
+    return float(torch.sqrt((d / (x64.abs() + 1e-9)).abs()).sum())
 
 
 def search_pos(x, bit_width, method=1, round_mode="std_round", narrow_range=False,
                depthwise=False):
     """The position a calibration or training batch ``x`` chooses (see the module doc)."""
-    p0 = non_overflow_pos(x, bit_width)
+    x = _finite_values(x)
+    p0 = _non_overflow(x, bit_width)
     if method == 0 or p0 == ZERO_POS:
         return p0
-    x32 = _finite_values(x).to(torch.float32)
-    x64 = x32.to(torch.float64)
-    depthwise_cost = method == 2 and depthwise
-    best, best_cost = p0, None
-    for pos in range(p0, min(p0 + 4, MAX_POS) + 1):
-        cost = _cost(x32, x64, pos, bit_width, round_mode, narrow_range, depthwise_cost)
-        if best_cost is None or cost < best_cost:
-            best, best_cost = pos, cost
-    return best
+    positions = list(range(p0, min(p0 + 4, MAX_POS) + 1))
+    if method == 2 and depthwise:
+        costs = [_relative_cost(x, p, bit_width, round_mode, narrow_range) for p in positions]
+    else:
+        costs = _squared_errors(x, positions, bit_width, round_mode, narrow_range)
+    best = 0
+    for k in range(1, len(costs)):
+        if costs[k] < costs[best]:  # strict: ties go to the smaller position
+            best = k
+    return positions[best]
 
 
 class _StraightThrough(torch.autograd.Function):

@@ -12,27 +12,79 @@ import torch.nn.functional as F
 from decent_q_torch.points import FixNeuron
 
 __all__ = ["Conv1d", "Conv2d", "Conv3d", "ConvTranspose2d", "Linear", "FixNeuron",
-           "QUANTIZED", "convert_layer"]
+           "QUANTIZED", "convert_layer", "attach_batch_norm", "fold_batch_norm"]
 
 
 class _QuantLayer:
-    """Mixin: ``forward`` quantizes weight and bias with the points, then computes."""
+    """Mixin: ``forward`` quantizes weight and bias with the points, then computes.
+
+    In QAT a layer followed by a batch norm holds it as ``bn`` (attach_batch_norm) and folds
+    it on every forward: in training with the batch's statistics (from the float layer's
+    output; the gradient flows through them) while updating the running ones, in evaluation
+    with the running statistics. :func:`fold_batch_norm` folds it for good (deploy)."""
 
     def _points(self, weight_point, bias_point):
         self.weight_point = weight_point
         self.bias_point = bias_point if self.bias is not None else None
 
-    def quantized_parameters(self):
-        """(weight, bias) as the layer computes with them."""
-        weight = self.weight_point(self.weight) if self.weight_point is not None else self.weight
-        bias = self.bias
+    def _folded(self, x):
+        """(weight, bias) with ``self.bn`` folded in (see the class doc)."""
+        bn = self.bn
+        if self.training:
+            y = self.compute(x, self.weight, None)
+            dims = [d for d in range(y.dim()) if d != 1]
+            mean, var = y.mean(dims), y.var(dims, unbiased=False)
+            with torch.no_grad():
+                n = y.numel() / y.shape[1]
+                bn.num_batches_tracked += 1
+                bn.running_mean.lerp_(mean.detach(), bn.momentum)
+                bn.running_var.lerp_(var.detach() * n / max(n - 1, 1), bn.momentum)
+        else:
+            mean, var = bn.running_mean, bn.running_var
+        scale = bn.weight / torch.sqrt(var + bn.eps)
+        weight = self.weight * scale.reshape([-1] + [1] * (self.weight.dim() - 1))
+        return weight, (self.bias - mean) * scale + bn.bias
+
+    def quantized_parameters(self, x=None):
+        """(weight, bias) as the layer computes with them (``x``: the input, needed only to
+        fold a QAT batch norm with batch statistics)."""
+        if getattr(self, "bn", None) is not None:
+            weight, bias = self._folded(x)
+        else:
+            weight, bias = self.weight, self.bias
+        if self.weight_point is not None:
+            weight = self.weight_point(weight)
         if bias is not None and self.bias_point is not None:
             bias = self.bias_point(bias)
         return weight, bias
 
     def forward(self, x):  # pylint: disable=arguments-differ
-        weight, bias = self.quantized_parameters()
+        weight, bias = self.quantized_parameters(x)
         return self.compute(x, weight, bias)
+
+
+def attach_batch_norm(layer, bn):
+    """QAT: ``layer`` (a float Conv / Linear, before conversion) takes over batch norm ``bn``
+    (affine, with running statistics); a missing bias becomes a zero parameter."""
+    if layer.bias is None:
+        layer.bias = torch.nn.Parameter(torch.zeros(layer.weight.shape[0]))
+    layer.bn = bn
+
+
+def fold_batch_norm(layer):
+    """Folds an attached batch norm into the layer's weight and bias with the running
+    statistics (the deployed layer) and removes it."""
+    bn = getattr(layer, "bn", None)
+    if bn is None:
+        return
+    training = layer.training
+    layer.eval()
+    with torch.no_grad():
+        weight, bias = layer._folded(None)  # pylint: disable=protected-access
+        layer.weight.copy_(weight)
+        layer.bias.copy_(bias)
+    del layer.bn
+    layer.train(training)
 
 
 def _conv_class(base):

@@ -34,6 +34,7 @@ class FixNeuron(torch.nn.Module):
         self.depthwise = depthwise
         self.phase = "calib" if pos is None else "test"
         self.pos = pos
+        self._cache = None  # weights / bias: (tensor, its version, position, quantized)
         self.register_buffer("hist", torch.zeros(fix_neuron.NUM_POS, dtype=torch.int64))
 
     @property
@@ -93,9 +94,33 @@ class FixNeuron(torch.nn.Module):
             return x
         if not self.quantized:
             return x.to(_FLOAT_TYPES[self.config.datatype]).to(x.dtype)
+        cached = self._cached(x)
+        if cached is not None:
+            return cached
         pos = self._position(x)
-        return fix_neuron.fake_quantize(x, pos, self.config.bit_width, self.config.round_mode,
-                                        self.config.narrow_range)
+        y = fix_neuron.fake_quantize(x, pos, self.config.bit_width, self.config.round_mode,
+                                     self.config.narrow_range)
+        if self.kind in ("weights", "bias") and not torch.is_grad_enabled():
+            self._cache = (x, x._version, pos, y)  # pylint: disable=protected-access
+        return y
+
+    def _cached(self, x):
+        """A parameter unchanged since the last forward (same tensor, same version counter)
+        gives the same position and values again: the search runs once per calibration, not
+        once per batch. The position is still counted per batch."""
+        if self._cache is None or torch.is_grad_enabled():
+            return None
+        tensor, version, pos, y = self._cache
+        if tensor is not x or version != x._version:  # pylint: disable=protected-access
+            self._cache = None
+            return None
+        if self.phase == "test" and pos != self.pos:
+            return None
+        if self.phase == "calib" or (self.phase == "train" and self.training):
+            self.hist[pos - fix_neuron.MIN_POS] += 1
+        elif self.phase == "train":
+            return None  # evaluation in QAT reads the kept position
+        return y
 
     def extra_repr(self):
         c = self.config

@@ -60,10 +60,12 @@ def make_model():
 
 
 def train_float(path, steps=TRAIN_STEPS, model=None, quiet=False):
-    """Trains the float model (Adam, batch 64) for ``steps`` and saves its state dict."""
+    """Trains the float model (Adam, one-cycle rate up to 3e-3, batch 64) for ``steps`` and
+    saves its state dict."""
     model = model or make_model()
     train_x, train_y, _, _ = data.load()
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=3e-3, total_steps=steps)
     model.train()
     torch.manual_seed(1)
     for step in range(steps):
@@ -72,6 +74,7 @@ def train_float(path, steps=TRAIN_STEPS, model=None, quiet=False):
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
+        schedule.step()
         if not quiet and step % 100 == 0:
             print(f"float training step {step}: loss {loss.item():.4f}")
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
