@@ -389,8 +389,9 @@ class torch_quantizer:  # pylint: disable=invalid-name  (vai_q_pytorch's name)
 class QatProcessor:
     """Quantization-aware training (the guide's "Finetune Quantized Model").
 
-    ``trainable_model()`` is the converted model (batch norms folded into the layers before
-    them) with every point in train phase: each training forward searches and counts the
+    ``trainable_model()`` is the converted model (each batch norm kept by the layer before it
+    and folded on every forward, with the batch's statistics in training: docs/pytorch.md
+    "QAT") with every point in train phase: each training forward searches and counts the
     positions and quantizes with them; the gradient passes the FixNeurons straight through. Train
     it with your own optimizer and loop; in ``model.eval()`` the points use the positions kept so
     far. ``to_deployable(model, output_dir)`` keeps each point's most frequent position,
