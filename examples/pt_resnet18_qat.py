@@ -38,6 +38,7 @@ def train(model, steps, first_step, lr):
 
 
 def main(argv=None):
+    """Runs the example; returns (float accuracy with the same budget, QAT accuracy) in %."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--lr", type=float, default=1e-4)
@@ -66,6 +67,7 @@ def main(argv=None):
     qat_acc = example.evaluate(deployable_model, val_loader, loss_fn)[0]
     print(f"float, {args.steps} more steps: top-1 {float_acc:.2f}")
     print(f"QAT {args.bitwidth}-bit, {args.steps} steps, deployable: top-1 {qat_acc:.2f}")
+    return float_acc, qat_acc
 
 
 if __name__ == "__main__":

@@ -78,19 +78,7 @@ def test_qat_8_bit_keeps_the_float_accuracy_of_the_same_budget(float_model, tmp_
     (target 0.3 point; asserted 0.5, a broken fold or gradient loses several points)."""
     model_dir, _ = float_model
     out = str(tmp_path / "qat")
-    lines = []
-    original = print
-
-    def capture(*args, **kwargs):
-        lines.append(" ".join(str(a) for a in args))
-        original(*args, **kwargs)
-
-    qat_example.print = capture
-    try:
-        qat_example.main(["--steps", "60", "--model_dir", model_dir, "--output_dir", out])
-    finally:
-        del qat_example.print
-    float_acc = float(lines[-2].rsplit(" ", 1)[1])
-    qat_acc = float(lines[-1].rsplit(" ", 1)[1])
+    float_acc, qat_acc = qat_example.main(["--steps", "60", "--model_dir", model_dir,
+                                           "--output_dir", out])
     assert qat_acc >= float_acc - 0.5
     assert sorted(os.listdir(out)) == ["Quant_info.json", "ResNet.py", "ResNet_qat.pth"]
