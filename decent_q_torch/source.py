@@ -4,7 +4,7 @@ Every module of the quantized model becomes one attribute ``module_<k>`` built f
 ``pytorch_nndct.nn`` (quantized layers and FixNeurons, positions included) or ``torch.nn``,
 with the name that ``layer_quantize_config`` matches in a comment; ``forward`` is the fx
 graph's code. ``load_state_dict(state_dict_of(quant_model))`` gives the same numbers as the
-converted model in test mode (tests/test_pytorch.py checks it).
+converted model in test mode (tests/pytorch/test_pytorch.py checks it).
 """
 
 import torch

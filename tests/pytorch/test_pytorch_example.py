@@ -9,7 +9,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.join(ROOT, "examples"))
 import pt_resnet18_qat as qat_example  # noqa: E402
 import pt_resnet18_quant as example  # noqa: E402

@@ -1,6 +1,6 @@
 """The PyTorch flow (decent_q_torch, vai_q_pytorch's API): conversion, calib / test, files,
 configuration, errors, exports. The example's accuracy checks are in
-tests/test_pytorch_example.py."""
+tests/pytorch/test_pytorch_example.py."""
 
 import importlib.util
 import json
@@ -19,7 +19,7 @@ from decent_q_torch import fix_neuron, source  # noqa: E402
 from decent_q_torch.apis import QatProcessor, torch_quantizer  # noqa: E402
 from decent_q_torch.errors import QuantizeError  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 class Net(torch.nn.Module):
