@@ -51,7 +51,7 @@ setup(
     long_description=open(os.path.join(HERE, "README.md")).read(),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["decent_q", "decent_q.*", "decent_q_torch", "decent_q_torch.*"]),
-    py_modules=["_decent_q_contrib", "_decent_q_entry"],
+    py_modules=["_decent_q_contrib", "_decent_q_entry", "_decent_q_native"],
     python_requires=">=3.9",
     install_requires=[
         "tensorflow>=2.16,<2.22",

@@ -24,11 +24,17 @@ Position search (CALIB and QAT training; non-finite values read as 0):
     diffs on a depthwise weight with method 2: sum(sqrt(|err| / (|x| + 1e-9))) instead
 
 A tensor with no nonzero finite value gets position 127; positions lie in [-127, 127].
+
+CPU float32 tensors with the two DPU roundings go to the TensorFlow op's C++ code
+(native.py); the torch operations below compute the same numbers everywhere else, and the
+tests hold the two to each other bit for bit.
 """
 
 import math
 
 import torch
+
+from decent_q_torch import native
 
 MIN_POS, MAX_POS = -127, 127
 ZERO_POS = 127
@@ -72,6 +78,8 @@ def to_codes(x, pos, bit_width, round_mode="std_round", narrow_range=False):
 def quantize(x, pos, bit_width, round_mode="std_round", narrow_range=False):
     """``clamp(round(x * 2^pos), lo, hi) * 2^-pos`` as float32 (a correctly rounded product,
     so exact where representable)."""
+    if native.handles(x, round_mode):
+        return native.quantize(x, pos, round_mode, *quant_range(bit_width, narrow_range))
     return to_codes(x, pos, bit_width, round_mode, narrow_range) * (2.0 ** -pos)
 
 
@@ -133,6 +141,9 @@ def _relative_cost(x, pos, bit_width, round_mode, narrow_range):
 def search_pos(x, bit_width, method=1, round_mode="std_round", narrow_range=False,
                depthwise=False):
     """The position a calibration or training batch ``x`` chooses (see the module doc)."""
+    if native.handles(x, round_mode):
+        return native.search_pos(x, bit_width, method, round_mode,
+                                 *quant_range(bit_width, narrow_range), depthwise)
     x = _finite_values(x)
     p0 = _non_overflow(x, bit_width)
     if method == 0 or p0 == ZERO_POS:

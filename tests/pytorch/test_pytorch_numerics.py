@@ -1,5 +1,6 @@
 """decent_q's PyTorch FixNeuron against the NumPy reference of docs/fixneuron.md (the one the
-TensorFlow kernel is tested against), bit for bit, and against the TensorFlow op itself."""
+TensorFlow kernel is tested against), bit for bit, and against the TensorFlow op itself; each
+on both implementations (the C++ code shared with the op, and the torch operations)."""
 
 import numpy as np
 import pytest
@@ -7,9 +8,22 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from tests import numpy_reference as ref  # noqa: E402
-from decent_q_torch import fix_neuron  # noqa: E402
+from decent_q_torch import fix_neuron, native  # noqa: E402
 from decent_q_torch.config import TensorConfig  # noqa: E402
 from decent_q_torch.points import FixNeuron  # noqa: E402
+
+
+
+@pytest.fixture(params=["native", "torch"])
+def impl(request, monkeypatch):
+    """The implementation under test: native.py's library (CPU float32, the DPU roundings) or
+    fix_neuron.py's torch operations (everything else)."""
+    if request.param == "torch":
+        monkeypatch.setattr(native, "handles", lambda x, round_mode: False)
+    else:
+        assert native._load() is not None, "the FixNeuron CPU library did not build"
+    return request.param
+
 
 # The reference's modes: std_round is the op's WEIGHT rounding, half_up its ACTIVATION one.
 MODES = {"std_round": ref.WEIGHT, "half_up": ref.ACTIVATION}
@@ -50,6 +64,7 @@ TIES = np.array([0.5, -0.5, 1.5, -1.5, 2.5, -2.5, 0.49999997, -0.49999997, 0.500
 
 @pytest.mark.parametrize("round_mode", fix_neuron.ROUND_MODES)
 @pytest.mark.parametrize("bit_width", [2, 4, 6, 8, 16])
+@pytest.mark.usefixtures("impl")
 def test_quantize_matches_reference(round_mode, bit_width):
     rng = np.random.default_rng(bit_width)
     x = np.concatenate([TIES, TIES * 2.0 ** -3, rng.normal(0, 3, 4000).astype(np.float32),
@@ -60,6 +75,7 @@ def test_quantize_matches_reference(round_mode, bit_width):
               _reference(x, pos, bit_width, round_mode, True))
 
 
+@pytest.mark.usefixtures("impl")
 def test_ties_round_as_documented():
     x = np.array([2.5, -2.5, 0.5, -0.5, 1.5, 0.49999997], np.float32)
     assert _torch(x, 0, 8, "std_round").tolist() == [3, -3, 1, -1, 2, 0]
@@ -68,6 +84,7 @@ def test_ties_round_as_documented():
     assert _torch(x, 0, 8, "half_down").tolist() == [2, -3, 0, -1, 1, 0]
 
 
+@pytest.mark.usefixtures("impl")
 def test_saturation_and_non_finite():
     y = _torch([1000.0, -1000.0, np.inf, -np.inf, np.nan], 4, 8, "half_up")
     assert y[:4].tolist() == [127 / 16, -8.0, 127 / 16, -8.0] and np.isnan(y[4])
@@ -75,6 +92,7 @@ def test_saturation_and_non_finite():
 
 @pytest.mark.parametrize("method", [0, 1])
 @pytest.mark.parametrize("bit_width", [4, 8, 16])
+@pytest.mark.usefixtures("impl")
 def test_search_matches_reference(method, bit_width):
     rng = np.random.default_rng(method * 100 + bit_width)
     cases = [rng.normal(0, s, n).astype(np.float32) for s, n in ((1.0, 3000), (1e-3, 500),
@@ -91,6 +109,7 @@ def test_search_matches_reference(method, bit_width):
             assert got == expected, (x[:5], round_mode)
 
 
+@pytest.mark.usefixtures("impl")
 def test_search_depthwise_cost_matches_reference():
     rng = np.random.default_rng(7)
     for _ in range(5):
@@ -99,6 +118,7 @@ def test_search_depthwise_cost_matches_reference():
             ref.search_pos(x, ref.DW_WEIGHT, 8, 2)
 
 
+@pytest.mark.usefixtures("impl")
 def test_positions_range_and_all_zero():
     assert fix_neuron.search_pos(torch.zeros(5), 8) == 127
     assert fix_neuron.search_pos(torch.tensor([]), 8) == 127
@@ -116,6 +136,7 @@ def test_histogram_statistics():
         assert point.kept_position() == expected, statistic
 
 
+@pytest.mark.usefixtures("impl")
 def test_straight_through_gradient():
     x = torch.tensor([0.3, -1.7, 100.0], requires_grad=True)
     y = fix_neuron.fake_quantize(x, 2, 8, "half_up")
@@ -124,6 +145,7 @@ def test_straight_through_gradient():
     assert y.tolist() == [0.25, -1.75, 31.75]
 
 
+@pytest.mark.usefixtures("impl")
 def test_same_integers_and_position_as_the_tensorflow_op():
     """The same tensor through decent_q's TensorFlow kernel (CALIB phase, method 1) and the
     PyTorch flow: the same position and the same integers, for weights and activations."""
@@ -147,3 +169,46 @@ def test_same_integers_and_position_as_the_tensorflow_op():
             codes = fix_neuron.to_codes(torch.from_numpy(x), pos, bit_width, round_mode).numpy()
             np.testing.assert_array_equal(codes, y_tf * 2.0 ** pos)
             _same(y_calib, _torch(x, pos, bit_width, round_mode))
+
+
+def test_native_equals_torch_operations_on_large_tensors(monkeypatch):
+    """Tensors of many blocks, on several threads: the library and the torch operations give
+    the same positions and values, and the library's position does not depend on the number
+    of threads."""
+    assert native._load() is not None, "the FixNeuron CPU library did not build"
+    rng = np.random.default_rng(5)
+    cases = [torch.from_numpy(rng.standard_t(3, 1_000_003).astype(np.float32)),
+             torch.from_numpy(rng.normal(0, 0.02, (64, 3, 7, 7, 33)).astype(np.float32)),
+             torch.randn(300, 700).t()]  # not contiguous
+    threads = torch.get_num_threads()
+    results = {}
+    try:
+        for label, count in (("one thread", 1), ("two threads", 2)):
+            torch.set_num_threads(count)
+            results[label] = [(fix_neuron.search_pos(x, bw, 1, rm),
+                               fix_neuron.quantize(x, 3, bw, rm))
+                              for x in cases for bw in (4, 8) for rm in MODES]
+    finally:
+        torch.set_num_threads(threads)
+    with monkeypatch.context() as patch:
+        patch.setattr(native, "handles", lambda x, round_mode: False)
+        results["torch"] = [(fix_neuron.search_pos(x, bw, 1, rm),
+                             fix_neuron.quantize(x, 3, bw, rm))
+                            for x in cases for bw in (4, 8) for rm in MODES]
+    for label in ("two threads", "torch"):
+        for (pos, y), (pos_other, y_other) in zip(results["one thread"], results[label]):
+            assert pos == pos_other, label
+            _same(y.numpy(), y_other.numpy())
+
+
+def test_without_a_compiler_the_torch_operations_take_over(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("DECENT_Q_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-g++"))
+    monkeypatch.setattr(native, "_library", None)
+    monkeypatch.setattr(native, "_unavailable", False)
+    x = torch.tensor([0.3, -1.7, 2.5, 100.0])
+    assert not native.handles(x, "half_up")
+    assert "[VAIQ_WARN]" in capsys.readouterr().out
+    expected = ref.search_pos(x.numpy(), ref.ACTIVATION, 8, 1)
+    assert fix_neuron.search_pos(x, 8, 1, "half_up") == expected
+    assert fix_neuron.quantize(x, 2, 8, "half_up").tolist() == [0.25, -1.75, 2.5, 31.75]
