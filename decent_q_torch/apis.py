@@ -225,7 +225,7 @@ class torch_quantizer:  # pylint: disable=invalid-name  (vai_q_pytorch's name)
 
     @staticmethod
     def _warn_unused_options(quant_config):
-        for key in ("include_cle", "include_bias_corr", "keep_first_last_layer_accuracy",
+        for key in ("include_bias_corr", "keep_first_last_layer_accuracy",
                     "keep_add_layer_accuracy"):
             if getattr(quant_config, key):
                 log.warn(f"quant_config_file: {key} is not applied by decent_q's PyTorch flow "

@@ -5,7 +5,8 @@ Steps (docs/pytorch.md "Conversion"):
 1. ``torch.fx.symbolic_trace`` the model; run the example input through it (ShapeProp) to know
    which nodes carry tensors.
 2. Fold each BatchNorm into the Conv / Linear before it (the only user of a layer called once);
-   optionally ReLU6 -> ReLU and SiLU -> Hardswish (configuration file).
+   optionally ReLU6 -> ReLU and SiLU -> Hardswish (configuration file); with ``include_cle``,
+   post-training only, cross-layer equalization (equalize.py).
 3. Plan the quantization points with the TensorFlow flow's rules (docs/placement.md): weights
    and bias of each layer; the layer's output after a ReLU / ReLU6 / LeakyReLU that is its only
    user; every model input (method maxmin); the output of each pass-through op (pooling, add,
@@ -29,7 +30,7 @@ import torch.fx
 import torch.nn.functional as F
 from torch.fx.passes.shape_prop import ShapeProp
 
-from decent_q_torch import log
+from decent_q_torch import equalize, log
 from decent_q_torch import nn as qnn
 from decent_q_torch.errors import QuantizeError
 from decent_q_torch.points import FixNeuron
@@ -343,6 +344,10 @@ def convert(module, example_inputs, config, qat=False):
     if config.convert_silu_to_hswish:
         replace_modules(gm, torch.nn.SiLU, lambda m: torch.nn.Hardswish(inplace=m.inplace))
     fold_batch_norms(gm, attach=qat)
+    if config.include_cle and not qat:  # post-training only, as in the TensorFlow flow
+        log.note(f"cross-layer equalization: {equalize.equalize(gm)} layer pairs")
+    elif config.include_cle:
+        log.note("include_cle: not in QAT (cross-layer equalization is post-training only)")
     the_plan = plan(gm, config)
     points = apply(gm, config, the_plan)
     return gm, points, the_plan
