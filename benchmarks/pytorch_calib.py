@@ -1,6 +1,7 @@
 """Calibration time of the PyTorch flow against the float evaluation of the same images.
 
     python benchmarks/pytorch_calib.py [--size 32] [--images 200] [--repeats 3] [--qat]
+                                       [--config_file C]
 
 torchvision's resnet18 (10 classes; random weights, batch norms in eval mode), random images
 of --size pixels in batches of 50. In one process, in turn, --repeats times: the float
@@ -31,6 +32,8 @@ def main():
     parser.add_argument("--images", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--qat", action="store_true", help="time QAT steps instead")
+    parser.add_argument("--config_file", default=None,
+                        help="quant_config_file of the calibration (default: none)")
     args = parser.parse_args()
     torch.manual_seed(0)
     if args.qat:
@@ -48,7 +51,8 @@ def main():
                 model(x)
             float_times.append(time.perf_counter() - start)
             quantizer = torch_quantizer("calib", model, (batches[0],), device="cpu",
-                                        output_dir=os.path.join(out, "r"))
+                                        output_dir=os.path.join(out, "r"),
+                                        quant_config_file=args.config_file)
             start = time.perf_counter()
             for x in batches:
                 quantizer.quant_model(x)

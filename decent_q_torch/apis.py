@@ -24,6 +24,7 @@ QUANT_INFO = "Quant_info.json"
 # The original writes quant_info.json; test mode reads it when Quant_info.json is absent.
 QUANT_INFO_ORIGINAL = "quant_info.json"
 FT_PARAMS = "param.pth"
+BIAS_CORR = "bias_corr.pth"
 MODES = ("calib", "test", "float")
 
 
@@ -121,14 +122,45 @@ class _Converted:
             positions[name] = pos
         return positions
 
-    def quant_info(self, positions, fast_finetuned):
+    def corrected_layers(self):
+        """{module path: layer} of the layers bias correction applies to: quantized weights
+        and a bias."""
+        layers = {}
+        for node in self.plan.layers:
+            layer = self.gm.get_submodule(node.target)
+            if layer.weight_point is not None and layer.bias is not None:
+                layers[node.target] = layer
+        return layers
+
+    def measure_bias_shifts(self):
+        for layer in self.corrected_layers().values():
+            layer.measure_bias_shift()
+
+    def apply_bias_shifts(self, positions):
+        """Bias correction after calibration: each corrected layer's measured shift is
+        subtracted from its bias from now on, and the bias position is searched again on the
+        corrected bias (in ``positions``); returns {module path: shift}."""
+        shifts = {}
+        for name, layer in self.corrected_layers().items():
+            shift = layer.measured_bias_shift()
+            if shift is None:
+                fail(f"layer {name} saw no data: run the quantized model (quantizer.quant_model) "
+                     "on calibration data before export_quant_config()")
+            layer.set_bias_shift(shift)
+            shifts[name] = shift
+            point = layer.bias_point
+            if point is not None and point.quantized:
+                positions[point.name] = point.search(layer.bias.detach() - shift)
+        return shifts
+
+    def quant_info(self, positions, fast_finetuned, bias_corrected=False):
         param, output = {}, {}
         for name, point in self.points.items():
             if name in positions:
                 entry = [[point.config.bit_width, positions[name]]]
                 (param if point.kind in ("weights", "bias") else output)[name] = entry
         return {"param": param, "output": output, "input": {},
-                "fast_finetuned": fast_finetuned, "bias_corrected": False,
+                "fast_finetuned": fast_finetuned, "bias_corrected": bias_corrected,
                 "version": f"decent_q {__version__} (vai_q_pytorch API)",
                 "graph_md5": self.md5}
 
@@ -218,6 +250,8 @@ class torch_quantizer:  # pylint: disable=invalid-name  (vai_q_pytorch's name)
             self._converted.set_phase("float")
         elif quant_mode == "calib":
             self._converted.set_phase("calib")
+            if quant_config.include_bias_corr:
+                self._converted.measure_bias_shifts()
         else:
             self._load_quant_info()
             self._converted.set_phase("test")
@@ -225,8 +259,7 @@ class torch_quantizer:  # pylint: disable=invalid-name  (vai_q_pytorch's name)
 
     @staticmethod
     def _warn_unused_options(quant_config):
-        for key in ("include_bias_corr", "keep_first_last_layer_accuracy",
-                    "keep_add_layer_accuracy"):
+        for key in ("keep_first_last_layer_accuracy", "keep_add_layer_accuracy"):
             if getattr(quant_config, key):
                 log.warn(f"quant_config_file: {key} is not applied by decent_q's PyTorch flow "
                          "(the model is quantized as with false)")
@@ -258,6 +291,23 @@ class torch_quantizer:  # pylint: disable=invalid-name  (vai_q_pytorch's name)
                  "'calib' again")
         self._converted.set_positions(info, path)
         self._fast_finetuned = bool(info.get("fast_finetuned", False))
+        if self._converted.config.include_bias_corr:
+            self._load_bias_corr()
+        elif info.get("bias_corrected"):
+            log.warn(f"{path} comes from a bias-corrected calibration, but include_bias_corr "
+                     "is false: the correction is not applied")
+
+    def _load_bias_corr(self):
+        path = os.path.join(self.output_dir, BIAS_CORR)
+        if not os.path.exists(path):
+            fail(f"{path} does not exist: include_bias_corr is true; run quant_mode 'calib' "
+                 "with the same quant_config_file and export_quant_config() first")
+        shifts = torch.load(path, map_location=self.device)
+        layers = self._converted.corrected_layers()
+        if not isinstance(shifts, dict) or set(shifts) != set(layers):
+            fail(f"{path} does not match this model's layers; run quant_mode 'calib' again")
+        for name, layer in layers.items():
+            layer.set_bias_shift(shifts[name])
 
     def export_quant_config(self):
         """Writes ``Quant_info.json`` (positions kept from the calibration) and ``<Model>.py``
@@ -268,7 +318,13 @@ class torch_quantizer:  # pylint: disable=invalid-name  (vai_q_pytorch's name)
                  f"{QUANT_INFO}")
         positions = self._converted.kept_positions()
         _ensure_dir(self.output_dir)
-        info = self._converted.quant_info(positions, self._fast_finetuned)
+        shifts = None
+        if self._converted.config.include_bias_corr:
+            shifts = self._converted.apply_bias_shifts(positions)
+            bias_path = os.path.join(self.output_dir, BIAS_CORR)
+            _atomic(bias_path, lambda tmp: torch.save(shifts, tmp))
+        info = self._converted.quant_info(positions, self._fast_finetuned,
+                                          bias_corrected=shifts is not None)
         for name, point in self._converted.points.items():
             point.pos = positions.get(name)
         py_path = os.path.join(self.output_dir, f"{self._converted.class_name}.py")
@@ -296,6 +352,8 @@ class torch_quantizer:  # pylint: disable=invalid-name  (vai_q_pytorch's name)
             fail("fast_finetune(run_fn, run_args): run_args must be a tuple of run_fn's "
                  "arguments, e.g. (quant_model, ft_loader, loss_fn)")
         params = fast_finetune_lib.run(self._converted, run_fn, tuple(run_args), steps, lr)
+        if self._converted.config.include_bias_corr:  # measured on the calibration that follows
+            self._converted.measure_bias_shifts()
         _ensure_dir(self.output_dir)
         path = os.path.join(self.output_dir, FT_PARAMS)
         _atomic(path, lambda tmp: torch.save(params, tmp))
@@ -340,6 +398,7 @@ class torch_quantizer:  # pylint: disable=invalid-name  (vai_q_pytorch's name)
                 layer.weight.copy_(weight)
                 if bias is not None:
                     layer.bias.copy_(bias)
+                layer.set_bias_shift(None)  # in the stored bias now
                 layer.weight_point = layer.bias_point = None
         return model
 
@@ -411,6 +470,8 @@ class QatProcessor:
         example = tuple(t.to(self.device) for t in _example_inputs(inputs))
         quant_config = config_lib.load(quant_config_file) if quant_config_file else \
             config_lib.QuantConfig()
+        if quant_config.include_bias_corr:
+            log.note("include_bias_corr: not in QAT (bias correction is post-training only)")
         self._converted = _Converted(model.to(self.device), example, quant_config, bitwidth,
                                      qat=True)
         self._converted.set_phase("train")

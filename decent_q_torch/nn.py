@@ -21,7 +21,15 @@ class _QuantLayer:
     In QAT a layer followed by a batch norm holds it as ``bn`` (attach_batch_norm) and folds
     it on every forward: in training with the batch's statistics (from the float layer's
     output; the gradient flows through them) while updating the running ones, in evaluation
-    with the running statistics. :func:`fold_batch_norm` folds it for good (deploy)."""
+    with the running statistics. :func:`fold_batch_norm` folds it for good (deploy).
+
+    Bias correction (``include_bias_corr``, docs/pytorch.md "Bias correction"): between
+    ``measure_bias_shift`` and ``measured_bias_shift`` each forward also adds up the mean of
+    conv(x, W_q) - conv(x, W) per output channel; ``set_bias_shift`` then subtracts that shift
+    from the bias before the bias point (a buffer outside the state dict)."""
+
+    # Output channel axis of the layer's result (Linear: the last).
+    channel_axis = 1
 
     def _points(self, weight_point, bias_point):
         self.weight_point = weight_point
@@ -52,6 +60,9 @@ class _QuantLayer:
             weight, bias = self._folded(x)
         else:
             weight, bias = self.weight, self.bias
+        shift = getattr(self, "bias_shift", None)
+        if bias is not None and shift is not None:
+            bias = bias - shift
         if self.weight_point is not None:
             weight = self.weight_point(weight)
         if bias is not None and self.bias_point is not None:
@@ -60,7 +71,42 @@ class _QuantLayer:
 
     def forward(self, x):  # pylint: disable=arguments-differ
         weight, bias = self.quantized_parameters(x)
-        return self.compute(x, weight, bias)
+        y = self.compute(x, weight, bias)
+        sums = getattr(self, "shift_sums", None)
+        if sums is not None and self.weight_point is not None:
+            sums[0] += self._mean_weight_error(x, weight)
+            sums[1] += 1
+        return y
+
+    def _mean_weight_error(self, x, weight):
+        """mean of conv(x, W_q) - conv(x, W) per output channel, in float64. The layer is
+        linear in x, so it runs once on the batch's sum (1/N of a convolution) with W_q - W."""
+        with torch.no_grad():
+            if self.channel_axis == -1:
+                x = x.reshape(-1, x.shape[-1])
+            count = x.shape[0]
+            d = self.compute(x.sum(0, keepdim=True, dtype=torch.float64),
+                             (weight - self.weight).to(torch.float64), None)
+            return d.movedim(self.channel_axis, 0).reshape(d.shape[self.channel_axis], -1) \
+                .mean(dim=1) / count
+
+    def measure_bias_shift(self):
+        """Starts (or restarts) measuring the bias correction on the forwards that follow."""
+        self.shift_sums = [torch.zeros(self.bias.shape[0], dtype=torch.float64,
+                                       device=self.bias.device), 0]
+
+    def measured_bias_shift(self):
+        """The mean of conv(x, W_q) - conv(x, W) per output channel over the forwards since
+        measure_bias_shift (float32), or None if none ran."""
+        total, batches = self.shift_sums
+        return (total / batches).to(torch.float32) if batches else None
+
+    def set_bias_shift(self, shift):
+        """Subtracts ``shift`` from the bias before its point from now on (None: stop)."""
+        if shift is None:
+            self._buffers.pop("bias_shift", None)
+        else:
+            self.register_buffer("bias_shift", shift.to(self.bias.device), persistent=False)
 
 
 def attach_batch_norm(layer, bn):
@@ -125,6 +171,8 @@ class Linear(_QuantLayer, torch.nn.Linear):
     def __init__(self, *args, weight_point=None, bias_point=None, **kwargs):
         super().__init__(*args, **kwargs)
         self._points(weight_point, bias_point)
+
+    channel_axis = -1
 
     def compute(self, x, weight, bias):
         return F.linear(x, weight, bias)

@@ -15,6 +15,7 @@ torch = pytest.importorskip("torch")
 F = torch.nn.functional
 
 from tests import numpy_reference as ref  # noqa: E402
+from tests.pytorch.helpers import dpu_config  # noqa: E402
 from decent_q_torch import fix_neuron, source  # noqa: E402
 from decent_q_torch.apis import QatProcessor, torch_quantizer  # noqa: E402
 from decent_q_torch.errors import QuantizeError  # noqa: E402
@@ -173,11 +174,7 @@ def test_files_are_deterministic(tmp_path):
 
 
 def _config(tmp_path, **overrides):
-    config = json.load(open(os.path.join(ROOT, "examples", "pt_configs", "dpu_config.json")))
-    config.update(overrides)
-    path = tmp_path / "config.json"
-    path.write_text(json.dumps(config))
-    return str(path)
+    return dpu_config(tmp_path / "config.json", **overrides)
 
 
 def test_default_config_file_equals_no_file(tmp_path):

@@ -3,18 +3,14 @@ the pairs it finds, the float function it keeps, one step against a NumPy transc
 docs/passes.md "Cross-layer equalization", and the outcome a user wants: a model whose
 channels are badly balanced quantizes far better with it."""
 
-import json
-import os
-
 import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
 
+from tests.pytorch.helpers import calibrate_then_test, dpu_config  # noqa: E402
 from decent_q_torch import convert, equalize  # noqa: E402
-from decent_q_torch.apis import QatProcessor, torch_quantizer  # noqa: E402
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from decent_q_torch.apis import QatProcessor  # noqa: E402
 
 
 class Chains(torch.nn.Module):
@@ -119,26 +115,16 @@ def _sqnr_db(model, config_file, tmp_path):
     """SQNR (dB) of the 8-bit test-mode output against float on fresh data."""
     generator = torch.Generator().manual_seed(1)
     calib = [torch.randn(16, 3, 16, 16, generator=generator) for _ in range(4)]
-    quantizer = torch_quantizer("calib", model, (calib[0],), device="cpu",
-                                output_dir=str(tmp_path), quant_config_file=config_file)
+    tester = calibrate_then_test(model, config_file, tmp_path, calib)
     with torch.no_grad():
-        for x in calib:
-            quantizer.quant_model(x)
-        quantizer.export_quant_config()
-        tester = torch_quantizer("test", model, (calib[0],), device="cpu",
-                                 output_dir=str(tmp_path), quant_config_file=config_file)
         x = torch.randn(64, 3, 16, 16, generator=generator)
         ref, got = model(x), tester.quant_model(x)
     return float(10 * torch.log10((ref ** 2).sum() / ((got - ref) ** 2).sum()))
 
 
 def _config(tmp_path, include_cle):
-    with open(os.path.join(ROOT, "examples", "pt_configs", "dpu_config.json")) as f:
-        config = json.load(f)
-    config.update(include_cle=include_cle, convert_relu6_to_relu=True)
-    path = tmp_path / f"cle_{include_cle}.json"
-    path.write_text(json.dumps(config))
-    return str(path)
+    return dpu_config(tmp_path / f"cle_{include_cle}.json", include_cle=include_cle,
+                      convert_relu6_to_relu=True)
 
 
 class Unbalanced(torch.nn.Module):
