@@ -161,3 +161,12 @@ def test_qat_leaves_it_out(tmp_path, capsys):
                              quant_config_file=_config(tmp_path, True)).trainable_model()
     assert "not in QAT" in capsys.readouterr().out
     torch.testing.assert_close(trainable.get_submodule("conv").weight, model.conv.weight)
+
+
+def test_equalizing_twice_equals_once():
+    gm, _ = _traced(_chains(), relu6_to_relu=True)
+    equalize.equalize(gm)
+    once = {k: v.clone() for k, v in gm.state_dict().items()}
+    equalize.equalize(gm)
+    for key, value in gm.state_dict().items():
+        torch.testing.assert_close(value, once[key], rtol=1e-5, atol=1e-7)
