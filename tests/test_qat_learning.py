@@ -8,10 +8,13 @@ The outcome a QAT user wants, measured on what they deploy (``quantize_eval_mode
 
 Fine-tuning is the flow that freezes the batch norms in mid-run (fold_bn_freeze_step at half the
 steps: the last steps train the deploy form, with moving statistics, as Krishnamoorthi 2018 and
-PyTorch's freeze_bn recommend); slim_mean fine-tunes with the default (never frozen) as well. On
-the tf_keras net trained with TF1 behaviour, fine-tuning with the default lost 1.6 points (the
-weights were fine: with batch-norm statistics recomputed in float the same model deployed at
-+0.1), and 0.2 were gained with the freeze in mid-run.
+PyTorch's freeze_bn recommend); slim_plain_mean fine-tunes with the default (never frozen) as
+well. On the tf_keras net trained with TF1 behaviour, fine-tuning with the default lost 1.6
+points (the weights were fine: with batch-norm statistics recomputed in float the same model
+deployed at +0.1), and 0.2 were gained with the freeze in mid-run. slim_mean with the default
+lost 1.1 points on a 2-vCPU AVX-512 machine (2026-12-01: 95.4 % against 96.5 %; it had passed
+at 0.5 on CI's machine) and gained 0.3 with the freeze at 100 of 200 steps, so it now
+fine-tunes the recommended way.
 
 The nets are conv + batch-norm nets that end in global average pooling (``Mean`` and
 ``AvgPool``), with strided convs, a residual add, depthwise convs and Dense + batch norm, in
@@ -27,7 +30,7 @@ import learning
 # name -> (model, float / from-scratch steps, fold_bn_freeze_step from scratch, fine-tuning)
 NETS = {
     "slim_plain_mean": (learning.plain_net(), 500, -1, -1),
-    "slim_mean": (learning.slim_net("mean"), 500, -1, -1),
+    "slim_mean": (learning.slim_net("mean"), 500, -1, 100),
     # Frozen at 400 of 500 steps (learning rate 3e-4 by then). Frozen at 250 (1.5e-3) it
     # deploys at 88.2 % since the Dense + batch-norm layer is folded too (96.0 % when it
     # trained unfolded): its folding scale gamma / sigma reaches 14 (convs: 1-2), so Adam's
