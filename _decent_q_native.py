@@ -66,9 +66,13 @@ def compiler():
     return cxx
 
 
+# Every library: C++17, optimised, position-independent, shared, no debug information.
+COMMON_FLAGS = ["-std=c++17", "-O3", "-fPIC", "-shared", "-g0"]
+
+
 def build(stem, source, headers, flags, after, what, key_extra=()):
-    """The path of ``<stem>-<key>.so``, compiled as ``cxx flags source -o out after`` if not
-    cached; ``headers`` are the paths of the headers ``source`` includes (part of the key, as
+    """The path of ``<stem>-<key>.so``, compiled as ``cxx COMMON_FLAGS flags cpu_flags() source
+    -o out after`` if not cached; ``headers`` are the paths of the headers ``source`` includes (part of the key, as
     are the texts, the compiler's version, the flags and ``key_extra``). ``what`` names the library in
     messages.
     Safe against concurrent builds (a file lock) and interrupted ones (atomic rename)."""
@@ -82,6 +86,7 @@ def build(stem, source, headers, flags, after, what, key_extra=()):
                                  check=False).stdout.splitlines()[:1]
     except OSError as err:
         raise BuildError(f"cannot run the C++ compiler {cxx!r}: {err}") from err
+    flags = COMMON_FLAGS + list(flags) + cpu_flags()
     key = hashlib.sha256(repr((texts, version, flags, after, tuple(key_extra))).encode()).hexdigest()[:20]
     folder = cache_dir()
     target = os.path.join(folder, f"{stem}-{key}.so")
@@ -99,7 +104,7 @@ def build(stem, source, headers, flags, after, what, key_extra=()):
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=folder)
         os.close(fd)
         try:
-            proc = subprocess.run([cxx] + list(flags) + [source, "-o", tmp] + list(after),
+            proc = subprocess.run([cxx] + flags + [source, "-o", tmp] + list(after),
                                   capture_output=True, text=True, check=False)
             if proc.returncode != 0:
                 errors = [l for l in proc.stderr.splitlines() if "error" in l][:5]

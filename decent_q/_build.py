@@ -12,8 +12,8 @@ Cache folder: ``$DECENT_Q_CACHE_DIR``, else ``$XDG_CACHE_HOME/decent_q``, else
 import _decent_q_native
 from decent_q.errors import QuantizeError
 
-_FLAGS = ["-std=c++17", "-O3", "-fPIC", "-shared", "-g0", "-Wno-interference-size",
-          "-Wno-deprecated-declarations"]
+# Quiet the warnings that TensorFlow's own headers raise.
+_FLAGS = ["-Wno-interference-size", "-Wno-deprecated-declarations"]
 
 
 def library_path():
@@ -25,7 +25,7 @@ def library_path():
         return _decent_q_native.build(
             "fix_neuron_ops", _decent_q_native.source_path("fix_neuron_ops.cc"),
             [_decent_q_native.source_path("fix_neuron_core.h")],
-            _FLAGS + _decent_q_native.cpu_flags(),
+            _FLAGS,
             tf.sysconfig.get_compile_flags() + tf.sysconfig.get_link_flags(),
             "the FixNeuron kernel", key_extra=(tf.__version__,))
     except _decent_q_native.BuildError as err:

@@ -19,7 +19,7 @@ import torch
 import _decent_q_native
 from decent_q_torch.log import warn
 
-_FLAGS = ["-std=c++17", "-O3", "-fPIC", "-shared", "-g0", "-pthread"]
+_FLAGS = ["-pthread"]  # fix_neuron_cpu.cc starts std::threads
 _ROUNDINGS = {"std_round": 0, "half_up": 1}
 _library = None
 _unavailable = False
@@ -37,7 +37,7 @@ def _load():
         path = _decent_q_native.build(
             "fix_neuron_cpu", _decent_q_native.source_path("fix_neuron_cpu.cc"),
             [_decent_q_native.source_path("fix_neuron_core.h")],
-            _FLAGS + _decent_q_native.cpu_flags(), [], "the FixNeuron CPU library")
+            _FLAGS, [], "the FixNeuron CPU library")
         library = ctypes.CDLL(path)
     except (_decent_q_native.BuildError, OSError) as err:
         _unavailable = True

@@ -73,7 +73,7 @@ class _QuantLayer:
         weight, bias = self.quantized_parameters(x)
         y = self.compute(x, weight, bias)
         sums = getattr(self, "shift_sums", None)
-        if sums is not None and self.weight_point is not None:
+        if sums is not None:  # measure_bias_shift: layers with a weight point and a bias
             sums[0] += self._mean_weight_error(x, weight)
             sums[1] += 1
         return y

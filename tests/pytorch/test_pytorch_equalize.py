@@ -57,9 +57,8 @@ def _traced(model, relu6_to_relu=False):
 @pytest.mark.parametrize("relu6_to_relu", [False, True])
 def test_pairs_found_and_float_function_kept(relu6_to_relu):
     gm, x = _traced(_chains(), relu6_to_relu)
-    pairs = [(gm.get_submodule(n) for n in names) for names in
-             [("conv", "dw"), ("dw", "pw"), ("fc1", "fc2")]]
-    expected = [tuple(p) for p in pairs]
+    expected = [(gm.get_submodule(head), gm.get_submodule(tail))
+                for head, tail in (("conv", "dw"), ("dw", "pw"), ("fc1", "fc2"))]
     if not relu6_to_relu:
         expected.remove((gm.dw, gm.pw))  # ReLU6 clips: it ends the chain
     assert equalize.find_pairs(gm) == expected
