@@ -67,6 +67,7 @@ from decent_q import layers
 from decent_q import registry
 from decent_q.live import batch_norms
 from decent_q.live import edit
+from decent_q.live import gradients
 
 log = logging.getLogger("decent_q")
 
@@ -104,11 +105,12 @@ class FoldResult:
 
 
 def _scale_weights(weights, scale, conv):
-    """W * scale per output channel (layers.channel_shape)."""
+    """W * scale per output channel (layers.channel_shape), with decent_q.live.gradients'
+    gradients (no op of theirs takes the caller's control dependencies)."""
     shape = layers.channel_shape(conv.type, weights.shape.as_list(), layers.transpose_b(conv))
     if shape == [-1]:
-        return weights * scale
-    return weights * tf.reshape(scale, shape)
+        return gradients.multiply(weights, scale)
+    return gradients.multiply(weights, gradients.reshape(scale, shape))
 
 
 def _folding_scale(m, moving_var, weights):
@@ -117,10 +119,12 @@ def _folding_scale(m, moving_var, weights):
     if bn.form == "scale_offset":
         channels = layers.out_channels(m.conv.type, weights.shape.as_list(),
                                        layers.transpose_b(m.conv))
-        return tf.multiply(bn.gamma, tf.ones([channels], bn.gamma.dtype), name="scale")
+        return gradients.multiply(bn.gamma, tf.ones([channels], bn.gamma.dtype), name="scale")
     if bn.gamma is None:
         return tf.math.rsqrt(moving_var + bn.epsilon, name="scale")
-    return tf.multiply(bn.gamma, tf.math.rsqrt(moving_var + bn.epsilon), name="scale")
+    # The moving variance is not trained: no gradient flows into it (as in float training).
+    return gradients.multiply(bn.gamma, tf.stop_gradient(tf.math.rsqrt(moving_var + bn.epsilon)),
+                              name="scale")
 
 
 def _copy_op(op, inputs, name):
@@ -204,7 +208,7 @@ def _training_weights(m, weights, scale, step, freeze_step):
     The conv reads Q(W * scale) / scale (0 where scale == 0): it outputs the float conv's scale
     for the batch norm, and the unscaling costs a weight-sized multiply instead of an
     activation-sized one. From the freeze step on it reads Q(W * scale)."""
-    inverse = tf.math.divide_no_nan(tf.ones_like(scale), scale, name="inverse_scale")
+    inverse = gradients.divide_no_nan(tf.ones_like(scale), scale, name="inverse_scale")
     conv_weights = _scale_weights(weights, inverse, m.conv)
     frozen = None
     if step is not None:

@@ -11,6 +11,7 @@ import tensorflow as tf
 from decent_q.graph import utils
 from decent_q.graph.utils import node_name, tensor_name
 from decent_q.live import edit
+from decent_q.live import gradients
 from decent_q.transforms import simulate_dpu as pure
 
 
@@ -53,10 +54,15 @@ def _replace(graph, name, nodes):
                for n in nodes}
     gd = tf.compat.v1.GraphDef()
     external = {}
+    constants = {n.name for n in nodes if n.op == "Const"}
     for node in nodes:
         new = gd.node.add()
         new.CopyFrom(node)
         new.name = renamed[node.name]
+        if node.op == "Mul" and constants & {node_name(i) for i in node.input}:
+            # A scale by the rewrite's constant (AvgPool's DPU factor): the gradient of
+            # decent_q.live.gradients, which builds none for the constant.
+            new.attr["_gradient_op_type"].s = gradients.MUL.encode()
         del new.input[:]
         for inp in node.input:
             if utils.is_control(inp):
