@@ -115,3 +115,11 @@ def build(stem, source, headers, flags, after, what, key_extra=()):
             if os.path.exists(tmp):
                 os.remove(tmp)
     return target
+
+
+def cpu_library():
+    """The path of the FixNeuron CPU library (ops/fix_neuron_cpu.cc: the C interface over
+    ops/fix_neuron_core.h that the PyTorch flow calls through ctypes), built if not cached."""
+    return build("fix_neuron_cpu", source_path("fix_neuron_cpu.cc"),
+                 [source_path("fix_neuron_core.h")], ["-pthread"], [],  # it starts std::threads
+                 "the FixNeuron CPU library")

@@ -68,19 +68,23 @@ def _rewire_inputs(node, rewire):
 
 
 def apply_to_graph(graph, plan, phase, arch_type="DEFAULT", impl="auto",
-                   trained_thresholds=False):
+                   trained_thresholds=False, histograms=True):
     """Builds every point of `plan` in the live `graph` (in place) and rewires its consumers.
 
     `impl` chooses the FixNeuron implementation (decent_q.ops.quantize: auto, kernel, tf_ops);
     `trained_thresholds` makes every weight, activation and input point a trained-threshold
     point (quantize_strategy pof2s_tqt); bias points keep the pof2s position choice (they get
     no gradient while batch norms fold with batch statistics, and start at 0 in new nets).
+    `histograms` False (CALIB only) builds decent_q.ops.calibration_point: no histogram
+    variable; each point's position of a run is the tensor ``<point>/used``.
 
     Returns:
       {point name: output tensor}.
     """
     from decent_q import ops  # pylint: disable=import-outside-toplevel
     from decent_q.live import edit  # pylint: disable=import-outside-toplevel
+    if not histograms and (phase != ops.Phase.CALIB or trained_thresholds):
+        raise ValueError("points without histograms are CALIB points of the pof2s strategy")
     built = {}
     for point in plan.points:
         tensor = graph.get_tensor_by_name(point.tensor)
@@ -89,10 +93,15 @@ def apply_to_graph(graph, plan, phase, arch_type="DEFAULT", impl="auto",
                        if t is tensor]
         else:
             targets = [(graph.get_operation_by_name(c), i) for c, i in point.consumers]
-        out = ops.quantize(tensor, point.name, mode=point.mode, phase=phase,
-                           bit_width=point.bit_width, method=point.method, arch_type=arch_type,
-                           impl=impl,
-                           trained_threshold=trained_thresholds and point.kind != "bias")
+        if histograms:
+            out = ops.quantize(tensor, point.name, mode=point.mode, phase=phase,
+                               bit_width=point.bit_width, method=point.method,
+                               arch_type=arch_type, impl=impl,
+                               trained_threshold=trained_thresholds and point.kind != "bias")
+        else:
+            out, _ = ops.calibration_point(tensor, point.name, mode=point.mode,
+                                           bit_width=point.bit_width, method=point.method,
+                                           arch_type=arch_type, impl=impl)
         for op, index in targets:
             edit.set_input(op, index, out)
         built[point.name] = out

@@ -302,6 +302,38 @@ def _threshold_variables():
     return start, trained
 
 
+def calibration_point(x, name, mode, bit_width=8, method=1, arch_type="DEFAULT", impl="auto"):
+    """Builds a CALIB quantization point ``name`` on tensor ``x`` without a histogram.
+
+    Post-training calibration fetches each point's position every batch and counts them
+    itself (:mod:`decent_q.calibrate`), so its point is the FixNeuron, its output Identity
+    ``name`` and the position it used, ``<name>/used`` (int32 scalar): 4 ops instead of
+    quantize()'s 16, whose histogram variable QAT's checkpoints keep. The quantized output is
+    the same.
+
+    Returns:
+      (the output tensor of the Identity named ``name``, the ``<name>/used`` tensor).
+    """
+    graph = x.graph
+    with graph.as_default():
+        impl = resolve_impl(impl, x)
+    with graph.as_default(), graph.name_scope(name + "/"):
+        pos = tf.constant(0, tf.int32, name="pos")
+        y, used = fix_neuron_dynamic(x, pos, mode=mode, phase=Phase.CALIB, bit_width=bit_width,
+                                     method=method, arch_type=arch_type, name="fix", impl=impl)
+        used = tf.identity(used, name="used")
+    with graph.as_default(), graph.name_scope(None):
+        return tf.identity(y, name=name), used
+
+
+def count_position(hist, used):
+    """NumPy: adds one to `hist` (NUM_POS counts) at position `used`, as a histogram
+    variable's one_hot update does (a position outside [MIN_POS, MAX_POS] counts nowhere)."""
+    index = int(used) - MIN_POS
+    if 0 <= index < NUM_POS:
+        hist[index] += 1
+
+
 def quantize(x, name, mode, phase, bit_width=8, method=1, arch_type="DEFAULT", impl="auto",
              trained_threshold=False):
     """Builds a quantization point ``name`` on tensor ``x`` in the default (live) graph.

@@ -7,6 +7,7 @@
          (and quantize_eval_model{suffix}.onnx with output_format="onnx": onnx_export)
 """
 
+import concurrent.futures
 import os
 
 from decent_q import deploy, onnx_export, transforms
@@ -31,8 +32,11 @@ def write_models(eval_graph_def, config, suffix=""):
     paths = {"quantize_eval_model": os.path.join(config.output_dir,
                                                  f"quantize_eval_model{suffix}.pb"),
              "deploy_model": os.path.join(config.output_dir, f"deploy_model{suffix}.pb")}
-    utils.save_graph_def(eval_gd, paths["quantize_eval_model"])
-    utils.save_graph_def(deploy_gd, paths["deploy_model"])
+    # Two threads: one model's bytes go to the disk (no GIL) while the other serializes.
+    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+        for future in [pool.submit(utils.save_graph_def, eval_gd, paths["quantize_eval_model"]),
+                       pool.submit(utils.save_graph_def, deploy_gd, paths["deploy_model"])]:
+            future.result()
     if onnx_model is not None:
         paths["quantize_eval_model_onnx"] = os.path.join(config.output_dir,
                                                          f"quantize_eval_model{suffix}.onnx")

@@ -19,7 +19,6 @@ import torch
 import _decent_q_native
 from decent_q_torch.log import warn
 
-_FLAGS = ["-pthread"]  # fix_neuron_cpu.cc starts std::threads
 _ROUNDINGS = {"std_round": 0, "half_up": 1}
 _library = None
 _unavailable = False
@@ -34,11 +33,7 @@ def _load():
         _unavailable = True
         return None
     try:
-        path = _decent_q_native.build(
-            "fix_neuron_cpu", _decent_q_native.source_path("fix_neuron_cpu.cc"),
-            [_decent_q_native.source_path("fix_neuron_core.h")],
-            _FLAGS, [], "the FixNeuron CPU library")
-        library = ctypes.CDLL(path)
+        library = ctypes.CDLL(_decent_q_native.cpu_library())
     except (_decent_q_native.BuildError, OSError) as err:
         _unavailable = True
         warn(f"{err}\nThe PyTorch flow goes on with torch operations for FixNeuron (the same "

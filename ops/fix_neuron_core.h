@@ -15,7 +15,9 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <limits>
+#include <string>
 #include <vector>
 
 #if defined(__AVX2__)
@@ -206,6 +208,105 @@ int NonOverflowPos(const ForBlocks& for_blocks, const float* x, int64_t n, int b
 // when saturated, smaller than v with the same sign), (Q - v)^2 is exact in double, and a
 // power-of-two factor commutes with every rounding of the sum: the result is the double sum of
 // (q - x)^2, with far fewer operations.
+#if defined(__AVX2__)
+// The squared-error sums over x's whole 8-value groups, 8 lanes a step (*end: where they
+// end): each double lane accumulates its values in order; SumLanes adds the lanes in a fixed
+// order.
+//
+// The rounding here is to nearest even, whatever the point's rounding: (Q - v)^2 does not
+// depend on it. Unsaturated, |Q - v| is v's distance to the nearest integer (a tie is 0.5 up
+// or down); beyond an integer bound every rounding saturates to that bound. One rounding
+// instruction thus replaces the half-up / half-away compare and blend (a quarter of the
+// loop's instructions), with the same sums bit for bit.
+inline void BlockSquaredErrorSums8(const float* x, int64_t n, const float* scale, Range r,
+                                   double* sums, int64_t* end) {
+  const __m256 lo = _mm256_set1_ps(r.lo), hi = _mm256_set1_ps(r.hi);
+  __m256 vs[kNumCandidates];
+  __m256d acc_lo[kNumCandidates], acc_hi[kNumCandidates];
+  for (int c = 0; c < kNumCandidates; ++c) {
+    vs[c] = _mm256_set1_ps(scale[c]);
+    acc_lo[c] = acc_hi[c] = _mm256_setzero_pd();
+  }
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    Prefetch(x + i + kPrefetchAhead);
+    const __m256 xv = FiniteOrZero8(_mm256_loadu_ps(x + i));
+#pragma GCC unroll 5
+    for (int c = 0; c < kNumCandidates; ++c) {
+      const __m256 v = _mm256_mul_ps(xv, vs[c]);
+      const __m256 q = _mm256_round_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+      const __m256 e = _mm256_sub_ps(_mm256_min_ps(hi, _mm256_max_ps(lo, q)), v);
+      const __m256d e_lo = _mm256_cvtps_pd(_mm256_castps256_ps128(e));
+      const __m256d e_hi = _mm256_cvtps_pd(_mm256_extractf128_ps(e, 1));
+      // e * e is exact in double (e has 24 significant bits), so the fused form rounds once,
+      // as the multiply-then-add it replaces does.
+      acc_lo[c] = _mm256_fmadd_pd(e_lo, e_lo, acc_lo[c]);
+      acc_hi[c] = _mm256_fmadd_pd(e_hi, e_hi, acc_hi[c]);
+    }
+  }
+  for (int c = 0; c < kNumCandidates; ++c) sums[c] = SumLanes(acc_lo[c], acc_hi[c]);
+  *end = i;
+}
+#endif
+
+#if defined(__AVX2__) && defined(__GNUC__) && defined(__x86_64__)
+#define DECENT_Q_AVX512 1
+#define DECENT_Q_AVX512_TARGET __attribute__((target("avx512f,avx512dq,avx512vl,avx512bw")))
+
+// The sums of BlockSquaredErrorSums8 over x[0, m), m a multiple of 8, 16 values a step: each
+// of the 8 double lanes accumulates the same values in the same order as the AVX2 loop's lane
+// (the first 8 values of a step, then the next 8), and the lanes are added as SumLanes adds
+// them, so the sums are bit-identical.
+DECENT_Q_AVX512_TARGET inline void SquaredErrorSums16(const float* x, int64_t m, const float* scale,
+                                               Range r, double* sums) {
+  const __m512 lo = _mm512_set1_ps(r.lo), hi = _mm512_set1_ps(r.hi);
+  const __m512 inf = _mm512_set1_ps(std::numeric_limits<float>::infinity());
+  __m512 vs[kNumCandidates];
+  __m512d acc[kNumCandidates];
+  for (int c = 0; c < kNumCandidates; ++c) {
+    vs[c] = _mm512_set1_ps(scale[c]);
+    acc[c] = _mm512_setzero_pd();
+  }
+  for (int64_t i = 0; i < m; i += 16) {
+    Prefetch(x + i + kPrefetchAhead);
+    // The last step of an odd number of 8-value groups reads 8 values; the rest are 0.
+    const __mmask16 valid = (m - i >= 16) ? __mmask16(0xFFFF) : __mmask16(0x00FF);
+    const __m512 raw = _mm512_maskz_loadu_ps(valid, x + i);
+    const __mmask16 finite = _mm512_cmp_ps_mask(_mm512_abs_ps(raw), inf, _CMP_LT_OQ);
+    const __m512 xv = _mm512_maskz_mov_ps(finite, raw);
+#pragma GCC unroll 5
+    for (int c = 0; c < kNumCandidates; ++c) {
+      const __m512 v = _mm512_mul_ps(xv, vs[c]);
+      const __m512 q = _mm512_roundscale_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+      const __m512 e = _mm512_sub_ps(_mm512_min_ps(hi, _mm512_max_ps(lo, q)), v);
+      const __m512d e_first = _mm512_cvtps_pd(_mm512_castps512_ps256(e));
+      acc[c] = _mm512_fmadd_pd(e_first, e_first, acc[c]);
+      if (valid == 0xFFFF) {
+        const __m512d e_next = _mm512_cvtps_pd(_mm512_extractf32x8_ps(e, 1));
+        acc[c] = _mm512_fmadd_pd(e_next, e_next, acc[c]);
+      }
+    }
+  }
+  for (int c = 0; c < kNumCandidates; ++c) {
+    alignas(64) double l[8];
+    _mm512_store_pd(l, acc[c]);
+    sums[c] = ((l[0] + l[4]) + (l[1] + l[5])) + ((l[2] + l[6]) + (l[3] + l[7]));
+  }
+}
+
+// Whether the AVX-512 forms run: the CPU (and OS) support them and DECENT_Q_SIMD is not
+// "avx2" (which keeps the AVX2 forms, for comparing the two).
+inline bool UseAvx512() {
+  static const bool use = [] {
+    const char* simd = std::getenv("DECENT_Q_SIMD");
+    if (simd != nullptr && std::string(simd) == "avx2") return false;
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
+           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bw");
+  }();
+  return use;
+}
+#endif
+
 template <bool kHalfUp>
 void BlockSquaredErrors(const float* x, int64_t n, int p0, Range r, double* costs) {
   float scale[kNumCandidates];
@@ -214,29 +315,16 @@ void BlockSquaredErrors(const float* x, int64_t n, int p0, Range r, double* cost
     scale[c] = std::ldexp(1.0f, std::min(p0 + c, kMaxPos));  // p > 127: never chosen
     sums[c] = 0.0;
   }
-  int64_t i = 0;
-#if defined(__AVX2__)
-  const __m256 lo = _mm256_set1_ps(r.lo), hi = _mm256_set1_ps(r.hi);
-  __m256 vs[kNumCandidates];
-  __m256d acc_lo[kNumCandidates], acc_hi[kNumCandidates];
-  for (int c = 0; c < kNumCandidates; ++c) {
-    vs[c] = _mm256_set1_ps(scale[c]);
-    acc_lo[c] = acc_hi[c] = _mm256_setzero_pd();
+  int64_t i = 0;  // values before i are in sums, the rest (fewer than 8) go to tail
+#if defined(DECENT_Q_AVX512)
+  if (UseAvx512()) {
+    i = n - n % kLanes;
+    SquaredErrorSums16(x, i, scale, r, sums);
+  } else {
+    BlockSquaredErrorSums8(x, n, scale, r, sums, &i);
   }
-  for (; i + kLanes <= n; i += kLanes) {
-    Prefetch(x + i + kPrefetchAhead);
-    const __m256 xv = FiniteOrZero8(_mm256_loadu_ps(x + i));
-#pragma GCC unroll 5
-    for (int c = 0; c < kNumCandidates; ++c) {
-      const __m256 v = _mm256_mul_ps(xv, vs[c]);
-      const __m256 e = _mm256_sub_ps(RoundClamp8<kHalfUp>(v, lo, hi), v);
-      const __m256d e_lo = _mm256_cvtps_pd(_mm256_castps256_ps128(e));
-      const __m256d e_hi = _mm256_cvtps_pd(_mm256_extractf128_ps(e, 1));
-      acc_lo[c] = _mm256_add_pd(acc_lo[c], _mm256_mul_pd(e_lo, e_lo));
-      acc_hi[c] = _mm256_add_pd(acc_hi[c], _mm256_mul_pd(e_hi, e_hi));
-    }
-  }
-  for (int c = 0; c < kNumCandidates; ++c) sums[c] = SumLanes(acc_lo[c], acc_hi[c]);
+#elif defined(__AVX2__)
+  BlockSquaredErrorSums8(x, n, scale, r, sums, &i);
 #endif
   double tail[kNumCandidates] = {};
   for (; i < n; ++i) {
@@ -290,32 +378,42 @@ double BlockDwCost(const float* x, int64_t n, int p, Range r) {
   return lanes + tail;
 }
 
-// Method 1/2 (min-diffs): the p in p0 .. p0+4 with the smallest cost; ties to the smaller p.
-// Costs are summed per fixed block, then over blocks in block order: the result does not
+// Method 1/2 (min-diffs) costs: those of the candidates p0 .. p0 + num - 1 (num returned;
+// p0 < 127). Costs are summed per fixed block, then over blocks in block order: they do not
 // depend on the number of threads.
 template <bool kHalfUp, typename ForBlocks>
-int MinDiffsPos(const ForBlocks& for_blocks, const float* x, int64_t n, int p0, Range r,
-                bool dw_cost) {
-  if (p0 == kMaxPos) return p0;
+int MinDiffsCosts(const ForBlocks& for_blocks, const float* x, int64_t n, int p0, Range r,
+                  bool dw_cost, double* costs) {
   const int num = std::min(kNumCandidates, kMaxPos - p0 + 1);
   const int64_t num_blocks = (n + kBlock - 1) / kBlock;
   std::vector<double> partial(num_blocks * kNumCandidates, 0.0);
   for_blocks(n, (dw_cost ? 12 : 4) * num, [&](int64_t b, int64_t e, int64_t k) {
-    double* costs = &partial[k * kNumCandidates];
+    double* block = &partial[k * kNumCandidates];
     if (!dw_cost) {
-      BlockSquaredErrors<kHalfUp>(x + b, e - b, p0, r, costs);
+      BlockSquaredErrors<kHalfUp>(x + b, e - b, p0, r, block);
       return;
     }
     // one candidate at a time over the block, which stays in cache
-    for (int c = 0; c < num; ++c) costs[c] = BlockDwCost<kHalfUp>(x + b, e - b, p0 + c, r);
+    for (int c = 0; c < num; ++c) block[c] = BlockDwCost<kHalfUp>(x + b, e - b, p0 + c, r);
   });
+  for (int c = 0; c < num; ++c) {
+    costs[c] = 0.0;
+    for (int64_t k = 0; k < num_blocks; ++k) costs[c] += partial[k * kNumCandidates + c];
+  }
+  return num;
+}
+
+template <bool kHalfUp, typename ForBlocks>
+int MinDiffsPos(const ForBlocks& for_blocks, const float* x, int64_t n, int p0, Range r,
+                bool dw_cost) {
+  if (p0 == kMaxPos) return p0;
+  double costs[kNumCandidates];
+  const int num = MinDiffsCosts<kHalfUp>(for_blocks, x, n, p0, r, dw_cost, costs);
   int best = p0;
   double best_cost = std::numeric_limits<double>::infinity();
   for (int c = 0; c < num; ++c) {
-    double cost = 0.0;
-    for (int64_t k = 0; k < num_blocks; ++k) cost += partial[k * kNumCandidates + c];
-    if (cost < best_cost) {
-      best_cost = cost;
+    if (costs[c] < best_cost) {
+      best_cost = costs[c];
       best = p0 + c;
     }
   }

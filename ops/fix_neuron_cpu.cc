@@ -88,6 +88,17 @@ int decent_q_search_pos(const float* x, int64_t n, int bit_width, int method, in
                    method == 2 && dw_cost != 0, Range{lo, hi});
 }
 
+// The min-diffs costs of the candidate positions p0 .. p0 + 4 (p0 < 127) over x[0, n), as the
+// search computes them (costs[5]; a candidate beyond 127 is left alone); returns how many.
+// For tests and analysis.
+int decent_q_min_diffs_costs(const float* x, int64_t n, int p0, int half_up, int dw_cost,
+                             float lo, float hi, int threads, double* costs) {
+  const Range r{lo, hi};
+  return half_up != 0
+             ? MinDiffsCosts<true>(Blocks{threads}, x, n, p0, r, dw_cost != 0, costs)
+             : MinDiffsCosts<false>(Blocks{threads}, x, n, p0, r, dw_cost != 0, costs);
+}
+
 // out[0, n) = x[0, n) quantized at position pos (in == out allowed).
 void decent_q_quantize(const float* in, float* out, int64_t n, int pos, int half_up, float lo,
                        float hi, int threads) {

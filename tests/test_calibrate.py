@@ -35,3 +35,51 @@ def test_session_config_copies_the_callers_or_follows_the_config():
     assert options.gpu_options.visible_device_list == "1"
     assert options.gpu_options.per_process_gpu_memory_fraction == 0.25
     assert options.gpu_options.allow_growth
+
+
+def test_counted_positions_equal_the_histogram_variables():
+    """Calibration counts each batch's position in NumPy; QAT's histogram variables (one_hot
+    counts in the graph) keep the same positions for the same batches."""
+    import numpy as np  # pylint: disable=import-outside-toplevel
+    from decent_q import appliers, ops  # pylint: disable=import-outside-toplevel
+    from decent_q.graph import utils  # pylint: disable=import-outside-toplevel
+    cfg = helpers.config(calib_iter=4)
+    float_gd = transforms.prepare_float_graph(helpers.small_cnn(), cfg)
+    plan = plan_lib.plan_quantization(float_gd, cfg)
+    positions = calibrate.calibrate_positions(float_gd, plan, helpers.input_fn, cfg)
+    graph = utils.import_graph(float_gd)
+    with graph.as_default():
+        built = appliers.apply_to_graph(graph, plan, ops.Phase.CALIB)
+        init = tf.compat.v1.global_variables_initializer()
+    with tf.compat.v1.Session(graph=graph) as sess:
+        sess.run(init)
+        for step in range(4):
+            feed = {graph.get_tensor_by_name(k if ":" in k else k + ":0"): v
+                    for k, v in helpers.input_fn(step).items()}
+            sess.run([t.op for t in built.values()], feed)
+        hists = sess.run(ops.histogram_variables(graph))
+    assert positions == {name: ops.kept_position_np(np.asarray(h)) for name, h in hists.items()}
+    assert len(set(positions.values())) > 1  # not all alike: a real comparison
+
+
+def test_float_check_flag_reads_its_tensors_only_when_asked():
+    import numpy as np  # pylint: disable=import-outside-toplevel
+    import types  # pylint: disable=import-outside-toplevel
+    graph = tf.Graph()
+    with graph.as_default():
+        a = tf.compat.v1.placeholder(tf.float32, [None], name="a")
+        b = tf.compat.v1.placeholder(tf.float32, [None, 2], name="b")
+        out = tf.identity(a * 2.0, name="out")
+        check = tf.compat.v1.placeholder_with_default(False, [])
+        plan = types.SimpleNamespace(points=[types.SimpleNamespace(tensor="a:0"),
+                                             types.SimpleNamespace(tensor="b:0")])
+        finite = calibrate._all_finite(graph, plan, types.SimpleNamespace(  # pylint: disable=protected-access
+            output_nodes=["out"]), check)
+    ok, inf, nan = np.ones(3, np.float32), np.array([1, np.inf], np.float32), np.float32(np.nan)
+    with tf.compat.v1.Session(graph=graph) as sess:
+        run = lambda av, bv, c: sess.run(finite, {a: av, b: bv, check: c})  # noqa: E731
+        assert run(ok, np.ones((2, 2)), True)
+        assert not run(ok, np.array([[1, 2], [3, np.inf]]), True)
+        assert not run(np.array([1, nan, 2], np.float32), np.ones((2, 2)), True)
+        assert not run(inf, np.ones((2, 2)), True)  # and at the output node
+        assert run(inf, np.array([[nan, nan]]), False)  # not asked: nothing read

@@ -178,17 +178,30 @@ def _global_mean_kernel(rw, mean, shapes):
     return shape[1], shape[2]
 
 
+# Constants larger than this enter static_shapes' graph as placeholders of their shape: no
+# shape inference reads the values of a weight tensor, and copying 100 MB of weights into a
+# graph only to read shapes cost ResNet50 0.35 s.
+_SHAPE_ONLY_BYTES = 4096
+
+
 def static_shapes(graph_def, config=None):
     """{tensor name: shape as a list (None for unknown dims), or None for unknown rank},
     with config.input_shapes applied to placeholder input nodes."""
-    gd = tf.compat.v1.GraphDef()
-    gd.CopyFrom(graph_def)
-    if config is not None and config.input_shapes:
-        wanted = dict(zip(config.input_nodes, config.input_shapes))
-        for node in gd.node:
-            if node.op == "Placeholder" and node.name in wanted:
-                node.attr["shape"].shape.CopyFrom(
-                    tf.TensorShape([None if d < 0 else d for d in wanted[node.name]]).as_proto())
+    wanted = dict(zip(config.input_nodes, config.input_shapes)) \
+        if config is not None and config.input_shapes else {}
+    gd = utils.with_nodes(graph_def)
+    for node in graph_def.node:
+        if node.op == "Const" and len(node.attr["value"].tensor.tensor_content) > \
+                _SHAPE_ONLY_BYTES:
+            tensor = node.attr["value"].tensor
+            gd.node.append(utils.make_node("Placeholder", node.name, dtype=tf.as_dtype(
+                tensor.dtype), shape=tf.compat.v1.AttrValue(shape=tensor.tensor_shape)))
+            continue
+        new = gd.node.add()
+        new.CopyFrom(node)
+        if node.op == "Placeholder" and node.name in wanted:
+            new.attr["shape"].shape.CopyFrom(
+                tf.TensorShape([None if d < 0 else d for d in wanted[node.name]]).as_proto())
     graph = tf.Graph()
     with graph.as_default():
         tf.graph_util.import_graph_def(gd, name="")
