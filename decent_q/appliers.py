@@ -18,6 +18,7 @@ def output_aliases(plan, output_nodes):
     return aliases
 
 
+@utils.gc_paused
 def apply_to_graph_def(graph_def, plan, positions, arch_type="DEFAULT"):
     """Inserts EVAL FixNeuron nodes (positions given by name) into a copy of `graph_def`.
 
@@ -67,6 +68,7 @@ def _rewire_inputs(node, rewire):
                 break
 
 
+@utils.gc_paused
 def apply_to_graph(graph, plan, phase, arch_type="DEFAULT", impl="auto",
                    trained_thresholds=False, histograms=True):
     """Builds every point of `plan` in the live `graph` (in place) and rewires its consumers.

@@ -117,6 +117,7 @@ class _Finder:
         # ignore_nodes, nodes_bit, nodes_method; aliases: the user's names of folded nodes
         self.names = names_lib.NameTables(config, aliases)
         self.points: List[QuantPoint] = []
+        self.point_index: Dict[str, int] = {}  # point name -> its index in self.points
         self.layers: List[Layer] = []
         self.float_nodes: Dict[str, str] = {}
         self.quantized = {}  # tensor -> name of the point that quantizes it for all consumers
@@ -148,9 +149,10 @@ class _Finder:
         if consumers is None and tensor in self.quantized:
             return self.quantized[tensor]
         point = QuantPoint(name, tensor, kind, int(mode), bits, method, consumers)
-        index = next((i for i, p in enumerate(self.points) if p.name == name), None)
+        index = self.point_index.get(name)
         if index is not None:
             return self.share(index, point)
+        self.point_index[name] = len(self.points)
         self.points.append(point)
         if consumers is None:
             self.quantized[tensor] = name
@@ -362,6 +364,7 @@ class _Finder:
                                  space_to_batch)
 
 
+@utils.gc_paused
 def plan_quantization(graph_def, config, parameters=(), exclude=(), layers=None, aliases=None):
     """Finds the quantization points of `graph_def` between config's input and output nodes.
 

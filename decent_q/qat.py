@@ -52,6 +52,7 @@ _QAT_COLLECTION = "decent_q_qat_phase"  # holds the phase a rewritten graph is i
 _TRAINING_OP_PREFIXES = ("Apply", "ResourceApply", "SparseApply", "ResourceSparseApply")
 
 
+@utils.gc_paused
 def CreateQuantizeTrainingGraph(config=None):  # pylint: disable=invalid-name
     """Rewrites the default graph (a float TRAINING graph) in place into the QAT training graph.
 
@@ -85,6 +86,7 @@ def CreateQuantizeTrainingGraph(config=None):  # pylint: disable=invalid-name
     return path
 
 
+@utils.gc_paused
 def CreateQuantizeEvaluationGraph(config=None):  # pylint: disable=invalid-name
     """Rewrites the default graph (a float EVALUATION graph) in place into the QAT eval graph.
 
@@ -116,6 +118,7 @@ def CreateQuantizeEvaluationGraph(config=None):  # pylint: disable=invalid-name
     return path
 
 
+@utils.gc_paused
 def CreateQuantizeDeployGraph(checkpoint=None, config=None):  # pylint: disable=invalid-name
     """Freezes the QAT evaluation graph (the default graph) with a checkpoint; writes the models.
 
@@ -261,7 +264,7 @@ def _rewrite(graph, config, phase):
         nm = utils.NodeMap(graph.as_graph_def())
         scope = utils.range_nodes(nm, config.input_nodes, config.output_nodes) - \
             set(folded.exclude)
-        live_simulate_dpu.simulate_dpu(graph, config, scope)
+        live_simulate_dpu.simulate_dpu(graph, config, scope, training=phase == ops.Phase.TRAIN)
     plan = plan_lib.plan_quantization(graph.as_graph_def(), config,
                                       parameters=folded.parameters, exclude=folded.exclude,
                                       layers=folded.layers, aliases=folded.aliases)

@@ -14,6 +14,7 @@ from decent_q import deploy, onnx_export, transforms
 from decent_q.graph import utils
 
 
+@utils.gc_paused
 def write_models(eval_graph_def, config, suffix=""):
     """Applies the position passes, builds the deploy model (and the ONNX model) and writes
     the files.

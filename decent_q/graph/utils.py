@@ -2,6 +2,8 @@
 
 import collections
 import difflib
+import functools
+import gc
 import heapq
 import os
 import re
@@ -11,6 +13,26 @@ import tensorflow as tf
 from google.protobuf import message as pb_message
 
 from decent_q.errors import QuantizeError
+
+
+def gc_paused(function):
+    """Runs `function` with Python's cyclic garbage collector off (as it was before, after).
+
+    Rewriting a graph allocates millions of small objects while the graph's own objects stay
+    alive; every collection of the oldest generation walks all of them, so a rewrite's time
+    grew faster than the graph (QAT of a 2,000-layer chain: 38 ms a layer against 24 at 100 with
+    the collector on, 27 with it off). Reference counting still frees what the passes drop;
+    only cycles wait for the next collection. Not used around a user's code (input_fn)."""
+    @functools.wraps(function)
+    def paused(*args, **kwargs):
+        enabled = gc.isenabled()
+        gc.disable()
+        try:
+            return function(*args, **kwargs)
+        finally:
+            if enabled:
+                gc.enable()
+    return paused
 
 
 def node_name(tensor_or_input):

@@ -104,27 +104,32 @@ class FoldResult:
     aliases: Dict[str, Tuple[str, ...]] = dataclasses.field(default_factory=dict)
 
 
-def _scale_weights(weights, scale, conv):
-    """W * scale per output channel (layers.channel_shape), with decent_q.live.gradients'
-    gradients (no op of theirs takes the caller's control dependencies)."""
+def _scale_weights(weights, scale, conv, training):
+    """W * scale per output channel (layers.channel_shape); in a training fold with
+    decent_q.live.gradients' gradients (no op of theirs takes the caller's control
+    dependencies: docs/batch-norm-folding.md "Training with batch statistics")."""
     shape = layers.channel_shape(conv.type, weights.shape.as_list(), layers.transpose_b(conv))
+    multiply = gradients.multiply if training else tf.multiply
+    reshape = gradients.reshape if training else tf.reshape
     if shape == [-1]:
-        return gradients.multiply(weights, scale)
-    return gradients.multiply(weights, gradients.reshape(scale, shape))
+        return multiply(weights, scale, name="mul")
+    return multiply(weights, reshape(scale, shape, name="Reshape"), name="mul")
 
 
 def _folding_scale(m, moving_var, weights):
     """F/scale: gamma / sqrt(moving variance + eps), or the constant scale of x * s + o."""
     bn = m.bn
+    multiply = gradients.multiply if bn.training else tf.multiply
     if bn.form == "scale_offset":
         channels = layers.out_channels(m.conv.type, weights.shape.as_list(),
                                        layers.transpose_b(m.conv))
-        return gradients.multiply(bn.gamma, tf.ones([channels], bn.gamma.dtype), name="scale")
+        return multiply(bn.gamma, tf.ones([channels], bn.gamma.dtype), name="scale")
     if bn.gamma is None:
         return tf.math.rsqrt(moving_var + bn.epsilon, name="scale")
-    # The moving variance is not trained: no gradient flows into it (as in float training).
-    return gradients.multiply(bn.gamma, tf.stop_gradient(tf.math.rsqrt(moving_var + bn.epsilon)),
-                              name="scale")
+    deviation = tf.math.rsqrt(moving_var + bn.epsilon)
+    if bn.training:  # the moving variance is not trained (float training gives it no gradient)
+        deviation = tf.stop_gradient(deviation)
+    return multiply(bn.gamma, deviation, name="scale")
 
 
 def _copy_op(op, inputs, name):
@@ -165,19 +170,21 @@ def _fold(graph, m, freeze_step):
     """Builds the folded layer of match `m` (see the module docstring).
 
     Returns:
-      (scope, parameter tensor names, names of the ops to leave out of the quantized range,
-      FoldedLayer of a training fold or None).
+      (scope, parameter tensor names, names of the ops to leave out of the quantized range
+      besides the ones the fold created, FoldedLayer of a training fold or None, (the layer's
+      declared op names, the graph's op count before the fold and after it)).
     """
     bn = m.bn
     step = _global_step(graph) if bn.training and freeze_step > 0 else None
-    before = len(graph.get_operations())  # ops are listed in the order they were created
+    before = graph.version  # the number of ops: the fold's own ops are listed after it
     scope = _fold_scope(graph, m.conv)
     with graph.as_default(), graph.name_scope(None), graph.name_scope(scope + "/"):
         moving = (batch_norms.moving_statistic(bn, 1) if bn.mean is not None else None,
                   batch_norms.moving_statistic(bn, 2) if bn.variance is not None else None)
         weight_input = m.conv.inputs[registry.COMPUTE_OPS[m.conv.type].weight_index]
         scale = _folding_scale(m, moving[1], weight_input)
-        weights = tf.identity(_scale_weights(weight_input, scale, m.conv), name="weights")
+        weights = tf.identity(_scale_weights(weight_input, scale, m.conv, bn.training),
+                              name="weights")
         frozen, conv_weights = None, weights
         if bn.training and freeze_step != 0:
             frozen, conv_weights = _training_weights(m, weights, scale, step, freeze_step)
@@ -189,7 +196,7 @@ def _fold(graph, m, freeze_step):
         result = _connect(m, out, scale, inference, frozen, freeze_step, moving)
     if result is not bn.output:
         edit.rewire_consumers(bn.output, result, skip=(result.op,))
-    main, exclude = _declared_ops(graph, m, before, [conv, out, inference, result])
+    main, dead = _declared_ops(m, [conv, out, inference, result])
     layer = None
     if bn.training:
         reader = (inference.op.name, 1) if inference is not None and \
@@ -199,7 +206,7 @@ def _fold(graph, m, freeze_step):
         layer = FoldedLayer(tuple(main), weights.name, bias.name, reader,
                             f"{scope}/BiasAdd", readers)
     parameters = [bias.name] + ([t.name for t in bn.side_inputs] if bn.training else [])
-    return scope, parameters, exclude, layer
+    return scope, parameters, dead, layer, (main, before, graph.version)
 
 
 def _training_weights(m, weights, scale, step, freeze_step):
@@ -209,7 +216,7 @@ def _training_weights(m, weights, scale, step, freeze_step):
     for the batch norm, and the unscaling costs a weight-sized multiply instead of an
     activation-sized one. From the freeze step on it reads Q(W * scale)."""
     inverse = gradients.divide_no_nan(tf.ones_like(scale), scale, name="inverse_scale")
-    conv_weights = _scale_weights(weights, inverse, m.conv)
+    conv_weights = _scale_weights(weights, inverse, m.conv, training=True)
     frozen = None
     if step is not None:
         frozen = tf.greater_equal(step, tf.cast(freeze_step, step.dtype), name="frozen")
@@ -258,10 +265,9 @@ def _connect(m, out, scale, inference, frozen, freeze_step, moving):
     return result
 
 
-def _declared_ops(graph, m, before, built):
-    """(the layer's ops from F/conv to its output, for the planner; the ops to leave out of
-    the quantized range: the fold's arithmetic and what it replaced). `before`: how many ops
-    the graph had before the fold (the fold's own ops come after them)."""
+def _declared_ops(m, built):
+    """(the layer's ops from F/conv to its output, for the planner; the ops the fold replaced,
+    which stay out of the quantized range with the fold's own arithmetic)."""
     conv, out, inference, result = built
     original = ([m.bias_op] if m.bias_op is not None else []) + m.bn.chain
     if result is inference:
@@ -271,10 +277,9 @@ def _declared_ops(graph, m, before, built):
         if result is not m.bn.output:
             main += [inference.op, result.op]
     main = [op.name for op in dict.fromkeys(main)]  # without atrous, out is F/conv
-    created = sorted(op.name for op in graph.get_operations()[before:] if op.name not in main)
     dead = [m.conv.name] + [op.name for op in [m.space_to_batch] + original + m.bn.ops
                             if op is not None and op.name not in main]
-    return main, created + list(dict.fromkeys(dead))
+    return main, list(dict.fromkeys(dead))
 
 
 def _folded_bias(m, moving_mean, scale):
@@ -321,6 +326,7 @@ def fold_batch_norms(graph, freeze_step=-1, keep=()):
     """
     keep = set(keep)
     result = FoldResult([], [], [])
+    folds = []
     for bn, match in batch_norms.find_batch_norms(graph):
         if match is None:
             log.warning("batch norm %s does not follow a conv / depthwise / MatMul layer, so "
@@ -331,11 +337,21 @@ def fold_batch_norms(graph, freeze_step=-1, keep=()):
         if keep & set(inside):
             log.warning("batch norm %s is an output node; left unfolded", bn.op.name)
             continue
-        scope, parameters, exclude, layer = _fold(graph, match, freeze_step)
+        scope, parameters, dead, layer, created = _fold(graph, match, freeze_step)
+        folds.append((dead, created))
         result.folded.append((bn.op.name, scope))
         result.aliases.update(_aliases(scope, match))
         result.parameters += parameters
-        result.exclude += exclude
         if layer is not None:
             result.layers[layer.nodes[0]] = layer
+    # The ops each fold created, from ONE listing of the graph (in creation order): listing it
+    # once per fold made the pass quadratic (2 ms a listing at 150 k ops).
+    ops = graph.get_operations() if folds else []
+    if folds and len(ops) != graph.version:
+        raise AssertionError("tf.Graph.version is not the op count; the fold cannot tell "
+                             "its ops from the others")
+    for dead, (main, before, after) in folds:
+        main = set(main)
+        result.exclude += sorted(op.name for op in ops[before:after] if op.name not in main)
+        result.exclude += dead
     return result

@@ -15,9 +15,10 @@ from decent_q.live import gradients
 from decent_q.transforms import simulate_dpu as pure
 
 
-def simulate_dpu(graph, config, scope):
+def simulate_dpu(graph, config, scope, training=False):
     """Rewrites the live `graph` in place to compute as the DPU does; only nodes in `scope`
-    (the quantized range) are changed, never the user's output nodes.
+    (the quantized range) are changed, never the user's output nodes. In a `training` graph a
+    scale by the rewrite's constant gets decent_q.live.gradients' gradient.
 
     Returns:
       The number of rewrites applied.
@@ -36,12 +37,12 @@ def simulate_dpu(graph, config, scope):
             done += 1
         for name, nodes in sorted(rw.replace.items()):
             if name in scope and name not in config.output_nodes:
-                _replace(graph, name, nodes)
+                _replace(graph, name, nodes, training)
                 done += 1
     return done
 
 
-def _replace(graph, name, nodes):
+def _replace(graph, name, nodes, training):
     """Puts `nodes` (the last one named `name`, as the GraphDef pass writes them) into the live
     graph and rewires the consumers of op `name` to the last one."""
     old = graph.get_operation_by_name(name)
@@ -59,7 +60,7 @@ def _replace(graph, name, nodes):
         new = gd.node.add()
         new.CopyFrom(node)
         new.name = renamed[node.name]
-        if node.op == "Mul" and constants & {node_name(i) for i in node.input}:
+        if training and node.op == "Mul" and constants & {node_name(i) for i in node.input}:
             # A scale by the rewrite's constant (AvgPool's DPU factor): the gradient of
             # decent_q.live.gradients, which builds none for the constant.
             new.attr["_gradient_op_type"].s = gradients.MUL.encode()

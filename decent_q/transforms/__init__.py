@@ -58,6 +58,7 @@ POSITION_PASSES = (
 )
 
 
+@utils.gc_paused
 def run_passes(passes, graph_def, config):
     """Runs the enabled passes of `passes` in order."""
     keep = keep_nodes(config)

@@ -207,19 +207,19 @@ def _fold_standalone(edits, nm, graph_view, context):
 def _assemble(graph_def, edits):
     """`graph_def` with `edits` applied: a weight copy goes before the shared weight, new nodes
     before the node they replace."""
+    extra = {}  # node name -> the nodes that go before it, in order
+    for before, const in edits.extra:
+        extra.setdefault(before, []).append(const)
     nodes = []
     for node in graph_def.node:
         if node.name in edits.dropped:
             continue
-        for before, const in edits.extra:
-            if before == node.name and const.name.endswith("/folded_weights"):
-                nodes.append(const)
+        before = extra.get(node.name, ())
+        nodes += [c for c in before if c.name.endswith("/folded_weights")]
         if node.name in edits.new_consts:
             nodes.append(utils.const_node(node.name, edits.new_consts[node.name]))
         elif node.name in edits.replaced:
-            for before, const in edits.extra:
-                if before == node.name and not const.name.endswith("/folded_weights"):
-                    nodes.append(const)
+            nodes += [c for c in before if not c.name.endswith("/folded_weights")]
             nodes.append(edits.replaced[node.name])
         else:
             nodes.append(node)
