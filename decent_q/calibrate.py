@@ -82,14 +82,17 @@ def _all_finite(graph, plan, config, check):
 
     The TF1 cond is written as GraphDef nodes and imported at once (Switch per tensor,
     IsFinite, All, one Merge): tf.cond built from Python spent ~0.3 s on ResNet50's 190
-    tensors, 2 ms an op."""
+    tensors, 0.4 ms an op."""
     tensors = [graph.get_tensor_by_name(p.tensor) for p in plan.points]
     tensors += [graph.get_tensor_by_name(tensor_name(n)) for n in config.output_nodes]
     tensors = [t for t in tensors if t.dtype.is_floating and
                t.op._get_control_flow_context() is None]  # pylint: disable=protected-access
     tensors = list(dict.fromkeys(tensors))
     gd = tf.compat.v1.GraphDef()
-    node = lambda *args, **attrs: gd.node.append(utils.make_node(*args, **attrs))  # noqa: E731
+
+    def node(op, name, inputs, **attrs):
+        gd.node.append(utils.make_node(op, name, inputs, **attrs))
+
     node("Switch", "pred", ["check", "check"], T=tf.bool)
     node("Identity", "pivot_t", ["pred:1"], T=tf.bool)  # live when checking
     node("Identity", "pivot_f", ["pred:0"], T=tf.bool)  # live when not

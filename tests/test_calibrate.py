@@ -1,10 +1,14 @@
 """calibrate.py: calibrate_positions (a kept position per point) and session_config."""
 
+import types
+
+import numpy as np
 import tensorflow as tf
 
 import helpers
-from decent_q import calibrate, transforms
+from decent_q import appliers, calibrate, ops, transforms
 from decent_q import plan as plan_lib
+from decent_q.graph import utils
 
 
 def test_calibrate_positions_keeps_a_position_per_point():
@@ -40,9 +44,6 @@ def test_session_config_copies_the_callers_or_follows_the_config():
 def test_counted_positions_equal_the_histogram_variables():
     """Calibration counts each batch's position in NumPy; QAT's histogram variables (one_hot
     counts in the graph) keep the same positions for the same batches."""
-    import numpy as np  # pylint: disable=import-outside-toplevel
-    from decent_q import appliers, ops  # pylint: disable=import-outside-toplevel
-    from decent_q.graph import utils  # pylint: disable=import-outside-toplevel
     cfg = helpers.config(calib_iter=4)
     float_gd = transforms.prepare_float_graph(helpers.small_cnn(), cfg)
     plan = plan_lib.plan_quantization(float_gd, cfg)
@@ -63,18 +64,17 @@ def test_counted_positions_equal_the_histogram_variables():
 
 
 def test_float_check_flag_reads_its_tensors_only_when_asked():
-    import numpy as np  # pylint: disable=import-outside-toplevel
-    import types  # pylint: disable=import-outside-toplevel
     graph = tf.Graph()
     with graph.as_default():
         a = tf.compat.v1.placeholder(tf.float32, [None], name="a")
         b = tf.compat.v1.placeholder(tf.float32, [None, 2], name="b")
-        out = tf.identity(a * 2.0, name="out")
+        tf.identity(a * 2.0, name="out")
         check = tf.compat.v1.placeholder_with_default(False, [])
         plan = types.SimpleNamespace(points=[types.SimpleNamespace(tensor="a:0"),
                                              types.SimpleNamespace(tensor="b:0")])
-        finite = calibrate._all_finite(graph, plan, types.SimpleNamespace(  # pylint: disable=protected-access
-            output_nodes=["out"]), check)
+        config = types.SimpleNamespace(output_nodes=["out"])
+        finite = calibrate._all_finite(  # pylint: disable=protected-access
+            graph, plan, config, check)
     ok, inf, nan = np.ones(3, np.float32), np.array([1, np.inf], np.float32), np.float32(np.nan)
     with tf.compat.v1.Session(graph=graph) as sess:
         run = lambda av, bv, c: sess.run(finite, {a: av, b: bv, check: c})  # noqa: E731
