@@ -33,11 +33,21 @@ def write_models(eval_graph_def, config, suffix=""):
     paths = {"quantize_eval_model": os.path.join(config.output_dir,
                                                  f"quantize_eval_model{suffix}.pb"),
              "deploy_model": os.path.join(config.output_dir, f"deploy_model{suffix}.pb")}
-    # Two threads: one model's bytes go to the disk (no GIL) while the other serializes.
-    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
-        for future in [pool.submit(utils.save_graph_def, eval_gd, paths["quantize_eval_model"]),
-                       pool.submit(utils.save_graph_def, deploy_gd, paths["deploy_model"])]:
-            future.result()
+    # The eval model's bytes go to its temporary file on a thread (no GIL) while the deploy
+    # model serializes; the files are still completed in order, eval model first.
+    eval_bytes = eval_gd.SerializeToString(deterministic=True)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(utils.write_temp, paths["quantize_eval_model"], eval_bytes)
+        try:
+            deploy_bytes = deploy_gd.SerializeToString(deterministic=True)
+        finally:
+            eval_tmp = pending.result()
+    try:
+        utils.commit_temp(eval_tmp, paths["quantize_eval_model"])
+    except BaseException:
+        utils.remove_temp(eval_tmp)
+        raise
+    utils.write_atomic(paths["deploy_model"], deploy_bytes)
     if onnx_model is not None:
         paths["quantize_eval_model_onnx"] = os.path.join(config.output_dir,
                                                          f"quantize_eval_model{suffix}.onnx")

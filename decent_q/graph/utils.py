@@ -236,6 +236,12 @@ def write_atomic(path, data):
 
     A process killed while writing (SIGKILL) leaves a hidden ``.tmp-<pid>-*`` file, never a
     partial `path`; :func:`remove_stale_temp_files` (run by prepare_output_dir) deletes it."""
+    commit_temp(write_temp(path, data), path)
+
+
+def write_temp(path, data):
+    """The first half of :func:`write_atomic`: `data` written and synced to a new temporary
+    file beside `path`; returns its path (for :func:`commit_temp`)."""
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{os.getpid()}-", dir=folder)
     try:
@@ -246,11 +252,24 @@ def write_atomic(path, data):
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+    except BaseException:
+        remove_temp(tmp)
+        raise
+    return tmp
+
+
+def commit_temp(tmp, path):
+    """The second half of :func:`write_atomic`: the temporary file renamed to `path`."""
+    try:
         os.replace(tmp, path)
     except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        remove_temp(tmp)
         raise
+
+
+def remove_temp(tmp):
+    if os.path.exists(tmp):
+        os.remove(tmp)
 
 
 def current_umask():
