@@ -9,6 +9,7 @@ benchmarks/README.md ("Coverage"). See model_zoo.py for what is measured.
 import argparse
 import dataclasses
 import json
+import math
 import os
 import sys
 
@@ -31,8 +32,10 @@ def _one(name, qat, output_dir=None):
 
 def _row(r):
     reasons = ", ".join(f"{n} {k}" for k, n in sorted(r["float_reasons"].items())) or "-"
+    sqnr = f"{r['sqnr_db']:.1f}" if math.isnan(r["sqnr_fast_ft_db"]) else \
+        f"{r['sqnr_db']:.1f} (fast finetune {r['sqnr_fast_ft_db']:.1f})"
     return (f"| {r['name']} | {r['size']} | {r['nodes']} | {r['quantized']} / {r['compute']} | "
-            f"{reasons} | {r['sqnr_db']:.1f} | "
+            f"{reasons} | {sqnr} | "
             f"{r['qat_loss']:.2f} -> {r['qat_loss_end']:.2f} ({r['qat_steps']}) | "
             f"{r['ptq_seconds']:.1f} | {r['seconds']:.1f} |")
 
