@@ -264,7 +264,8 @@ def _rewrite(graph, config, phase):
         nm = utils.NodeMap(graph.as_graph_def())
         scope = utils.range_nodes(nm, config.input_nodes, config.output_nodes) - \
             set(folded.exclude)
-        live_simulate_dpu.simulate_dpu(graph, config, scope, training=phase == ops.Phase.TRAIN)
+        live_simulate_dpu.simulate_dpu(graph, config, scope, training=phase == ops.Phase.TRAIN,
+                                       nm=nm)
     plan = plan_lib.plan_quantization(graph.as_graph_def(), config,
                                       parameters=folded.parameters, exclude=folded.exclude,
                                       layers=folded.layers, aliases=folded.aliases)
@@ -361,9 +362,9 @@ def _check_no_optimizer(graph):
 
 
 def _check_nodes(graph, config):
-    nm = utils.NodeMap(graph.as_graph_def())
-    utils.check_nodes_exist(nm, config.input_nodes, "input node")
-    utils.check_nodes_exist(nm, config.output_nodes, "output node")
+    names = {op.name for op in graph.get_operations()}
+    utils.check_nodes_exist(names, config.input_nodes, "input node")
+    utils.check_nodes_exist(names, config.output_nodes, "output node")
 
 
 def _check_inference_phase(graph, config):

@@ -119,10 +119,12 @@ class NodeMap:
 
 
 def check_nodes_exist(node_map, names, what):
-    """Raises QuantizeError naming the first missing node and the closest existing names."""
+    """Raises QuantizeError naming the first missing node and the closest existing names;
+    `node_map` is a NodeMap or a set of the graph's node names."""
+    known = node_map.nodes if isinstance(node_map, NodeMap) else node_map
     for name in names:
-        if node_name(name) not in node_map:
-            close = difflib.get_close_matches(node_name(name), list(node_map.nodes), n=3)
+        if node_name(name) not in known:
+            close = difflib.get_close_matches(node_name(name), list(known), n=3)
             hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else \
                 "; run 'vai_q_tensorflow inspect' to list candidate nodes"
             raise QuantizeError(f"{what} {name!r} is not in the graph{hint}")

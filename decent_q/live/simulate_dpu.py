@@ -15,18 +15,20 @@ from decent_q.live import gradients
 from decent_q.transforms import simulate_dpu as pure
 
 
-def simulate_dpu(graph, config, scope, training=False):
+def simulate_dpu(graph, config, scope, training=False, nm=None):
     """Rewrites the live `graph` in place to compute as the DPU does; only nodes in `scope`
     (the quantized range) are changed, never the user's output nodes. In a `training` graph a
-    scale by the rewrite's constant gets decent_q.live.gradients' gradient.
+    scale by the rewrite's constant gets decent_q.live.gradients' gradient. `nm`: a NodeMap of
+    the graph as it is now, if known; the graph is read again only after a step changed it.
 
     Returns:
       The number of rewrites applied.
     """
     done = 0
     for step in pure.rewrite_steps(config):
-        rw = pure.Rewrite(graph.as_graph_def())
+        rw = pure.Rewrite(nm.graph_def if nm else graph.as_graph_def(), nm)
         step(rw)
+        nm = None if rw.replace or rw.consts else rw.nm
         for consumer, index, const in rw.consts:
             if consumer not in scope:
                 continue

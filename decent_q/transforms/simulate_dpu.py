@@ -100,9 +100,9 @@ class Rewrite:
     """Collects the edits of one pass: replaced nodes, nodes added before a node, and inputs
     to swap for new constants."""
 
-    def __init__(self, graph_def):
+    def __init__(self, graph_def, nm=None):
         self.graph_def = graph_def
-        self.nm = utils.NodeMap(graph_def)
+        self.nm = nm or utils.NodeMap(graph_def)
         self.view = pt.GraphDefView(self.nm)
         self.context = pt.Context(is_param=lambda tensor: self.nm.const(tensor) is not None)
         self.replace = {}   # node name -> [new nodes] put in its place
@@ -314,10 +314,12 @@ def simulate_dpu(graph_def, config=None):
       A new GraphDef.
     """
     ends = cleanup.sinks(graph_def)
+    nm = None
     for step in rewrite_steps(config):
-        rw = Rewrite(graph_def)
+        rw = Rewrite(graph_def, nm)
         step(rw)
+        nm = rw.nm
         if rw.replace or rw.consts:
-            graph_def = rw.build()
+            graph_def, nm = rw.build(), None
     keep = list(config.input_nodes) + list(config.output_nodes) if config is not None else []
     return cleanup.remove_dead(graph_def, keep=keep + ends)
