@@ -1,6 +1,7 @@
 """qat: the CreateQuantize{Training,Evaluation,Deploy}Graph flow on small in-process models."""
 
 import os
+import re
 
 import numpy as np
 import pytest
@@ -126,6 +127,25 @@ def test_training_rewrite_after_optimizer_is_refused(tmp_path):
         tf.compat.v1.train.GradientDescentOptimizer(0.1).minimize(loss)
         with pytest.raises(QuantizeError, match="BEFORE creating the optimizer"):
             decent_q.CreateQuantizeTrainingGraph(config=config(tmp_path))
+
+
+@pytest.mark.parametrize("field, names, message", [
+    ("input_nodes", ["image"], "input node 'image' is not in the graph; did you mean 'images'"),
+    ("output_nodes", ["logits/BiasAd"], "output node 'logits/BiasAd' is not in the graph; "
+                                        "did you mean 'logits/BiasAdd'"),
+])
+def test_training_rewrite_names_a_missing_node(tmp_path, field, names, message):
+    graph = tf.Graph()
+    with graph.as_default():
+        model_fn(True)
+        before = len(graph.get_operations())
+        with pytest.raises(QuantizeError, match=re.escape(message)):
+            decent_q.CreateQuantizeTrainingGraph(config=decent_q.QuantizeConfig(**{
+                "input_nodes": ["images"], "output_nodes": ["logits/BiasAdd"],
+                "input_shapes": [[-1, 8, 8, 1]], "output_dir": str(tmp_path / "q"),
+                field: names}))
+        assert len(graph.get_operations()) == before  # nothing rewritten
+    assert not os.path.exists(tmp_path / "q")
 
 
 def test_evaluation_graph_in_training_phase_is_refused(tmp_path):
