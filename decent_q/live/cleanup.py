@@ -19,6 +19,7 @@ from decent_q.transforms import inline_functions
 
 log = logging.getLogger("decent_q")
 
+
 def clean_for_training(graph, config, phase):
     """The live clean-up, in order: inline calls, remove dropout, bypass Identity aliases.
     The graph is read again only after a step changed it (a copy of a big graph and its
