@@ -5,8 +5,9 @@ every tf_slim.nets network, random He-normal weights, reduced inputs where the m
 post-training quantization on 2 random calibration batches of 2 must succeed, its eval model
 must run, every Conv2D / depthwise / MatMul / transposed conv in the range must read its weights
 through a FixNeuron, and the eval model's logits on 8 held-out images must be within
-SQNR_FLOOR_DB of the float graph's (the few rows under it: with fast finetune); the training version must go through CreateQuantizeTrainingGraph and train: its loss on a
-fixed batch falls to under half within model_zoo.QAT_STEPS Adam steps. Every model runs here,
+SQNR_FLOOR_DB of the float graph's (the few rows under it: with fast finetune); the training
+version must go through CreateQuantizeTrainingGraph and train: its loss on a fixed batch falls
+to under half within model_zoo.QAT_STEPS Adam steps. Every model runs here,
 each in its own process, WORKERS processes at a time (most of a row's time is single-threaded
 graph building); ``python benchmarks/coverage.py`` prints the same measurements as the table of
 benchmarks/README.md "Coverage".
