@@ -40,13 +40,10 @@ def write_models(eval_graph_def, config, suffix=""):
         pending = pool.submit(utils.write_temp, paths["quantize_eval_model"], eval_bytes)
         try:
             deploy_bytes = deploy_gd.SerializeToString(deterministic=True)
-        finally:
-            eval_tmp = pending.result()
-    try:
-        utils.commit_temp(eval_tmp, paths["quantize_eval_model"])
-    except BaseException:
-        utils.remove_temp(eval_tmp)
-        raise
+        except BaseException:
+            utils.remove_temp(pending.result())
+            raise
+    utils.commit_temp(pending.result(), paths["quantize_eval_model"])
     utils.write_atomic(paths["deploy_model"], deploy_bytes)
     if onnx_model is not None:
         paths["quantize_eval_model_onnx"] = os.path.join(config.output_dir,
