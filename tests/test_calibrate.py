@@ -1,12 +1,16 @@
 """calibrate.py: calibrate_positions (a kept position per point) and session_config."""
 
+import gc
 import types
+import weakref
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 import helpers
-from decent_q import appliers, calibrate, ops, transforms
+from decent_q import appliers, calibrate, ops, ptq, transforms
+from decent_q.errors import QuantizeError
 from decent_q import plan as plan_lib
 from decent_q.graph import utils
 
@@ -83,3 +87,46 @@ def test_float_check_flag_reads_its_tensors_only_when_asked():
         assert not run(np.array([1, nan, 2], np.float32), np.ones((2, 2)), True)
         assert not run(inf, np.ones((2, 2)), True)  # and at the output node
         assert run(inf, np.array([[nan, nan]]), False)  # not asked: nothing read
+
+
+def test_objects_are_frozen_only_while_the_batches_run(tmp_path):
+    """During the batches the collector skips the objects that existed before them (gc.freeze)
+    but still collects what input_fn makes; afterwards nothing stays frozen, also when a batch
+    fails; a process that froze objects itself keeps them frozen."""
+    seen = []
+
+    def input_fn(step):
+        ref = weakref.ref(_Cyclic([]))  # garbage only the cyclic collector frees
+        gc.collect()
+        seen.append((step, gc.get_freeze_count() > 0, ref() is None))
+        return helpers.input_fn(step)
+
+    ptq.quantize_frozen(helpers.small_cnn(), input_fn,
+                        helpers.config(output_dir=str(tmp_path / "ok")), progress=False)
+    # Batch 0 is read before calibration (the float check's batch), the others during it.
+    assert [s[:2] for s in seen] == [(0, False)] + [(k, True) for k in range(1, len(seen))]
+    assert len(seen) > 1 and all(collected for _, _, collected in seen)
+    assert gc.get_freeze_count() == 0
+
+    def failing(step):
+        if step == 1:
+            raise ValueError("no batch")
+        return helpers.input_fn(step)
+    with pytest.raises(QuantizeError):
+        ptq.quantize_frozen(helpers.small_cnn(), failing,
+                            helpers.config(output_dir=str(tmp_path / "failing")), progress=False)
+    assert gc.get_freeze_count() == 0
+
+    gc.freeze()
+    try:
+        ptq.quantize_frozen(helpers.small_cnn(), helpers.input_fn,
+                            helpers.config(output_dir=str(tmp_path / "own_freeze")), progress=False)
+        assert gc.get_freeze_count() > 0  # the process's own freeze is left alone
+    finally:
+        gc.unfreeze()
+
+
+class _Cyclic:
+    def __init__(self, other):
+        self.other = other
+        other.append(self)

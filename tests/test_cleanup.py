@@ -116,3 +116,25 @@ def test_chained_dropouts_are_all_removed():
     assert not any(n.op.startswith("Random") or n.op.startswith("Select") for n in cleaned.node)
     x = RNG.uniform(-1, 1, (2, 4)).astype(np.float32)
     np.testing.assert_allclose(run(cleaned, x), x @ w @ w, rtol=1e-5)
+
+
+def test_passes_leave_their_input_unchanged_and_return_it_when_there_is_nothing_to_do():
+    """Pure: the input GraphDef is byte-for-byte what it was; a pass with nothing to change
+    returns its input (no copy of the weights), one that changes something a new GraphDef."""
+    def net(x):
+        w = tf.constant(RNG.standard_normal([4, 3]).astype(np.float32), name="w")
+        y = tf.identity(tf.matmul(tf.identity(x, name="id_x"), w), name="id_y")
+        tf.nn.relu(x, name="unused")
+        return tf.nn.relu(y, name="out")
+    gd = build(net)
+    before = gd.SerializeToString(deterministic=True)
+    keep = ["input", "out"]
+    no_identities = cleanup.remove_identities(gd, keep)
+    assert "id_x" not in ops(no_identities) and "id_y" not in ops(no_identities)
+    alive = cleanup.remove_dead(no_identities, keep)
+    assert "unused" not in ops(alive)
+    assert gd.SerializeToString(deterministic=True) == before
+    x = RNG.standard_normal([2, 4]).astype(np.float32)
+    np.testing.assert_array_equal(run(alive, x), run(gd, x))
+    assert cleanup.remove_identities(alive, keep) is alive
+    assert cleanup.remove_dead(alive, keep) is alive

@@ -6,7 +6,7 @@ import tensorflow as tf
 
 from decent_q import registry
 from decent_q.transforms import cleanup
-from decent_q.transforms.fold_batch_norms import fold_batch_norms
+from decent_q.transforms.fold_batch_norms import fold_batch_norms, scale_weights
 
 RNG = np.random.default_rng(0)
 
@@ -112,3 +112,27 @@ def test_shared_weights_get_their_own_copy():
     assert "conv/folded_weights" in names and names["conv2"].input[1] == "w"
     x = RNG.uniform(-1, 1, [2, 8, 8, 3]).astype(np.float32)
     np.testing.assert_allclose(run(folded, x), run(gd, x), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("op, shape, transpose_b, out_axes", [
+    ("Conv2D", [3, 3, 5, 7], False, (3,)),
+    ("DepthwiseConv2dNative", [3, 3, 4, 2], False, (2, 3)),
+    ("Conv2DBackpropInput", [3, 3, 6, 5], False, (2,)),
+    ("MatMul", [6, 5], True, (0,)),
+])
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_scale_weights_rounds_the_float64_product_once(op, shape, transpose_b, out_axes, dtype):
+    """Each folded weight is w * scale taken in float64 and rounded once to the weights' dtype
+    (an independent reference: the whole product in float64, then one cast)."""
+    weights = RNG.standard_normal(shape).astype(dtype)
+    n = int(np.prod([shape[a] for a in out_axes]))
+    scale = RNG.uniform(0.1, 3.0, n)  # float64, as the batch norm's gamma / sqrt(var + eps)
+    broadcast = np.ones(len(shape), int)
+    for axis in out_axes:
+        broadcast[axis] = shape[axis]
+    expected = (weights.astype(np.float64) * scale.reshape(broadcast)).astype(dtype)
+    folded = scale_weights(weights, scale, op, transpose_b)
+    assert folded.dtype == dtype
+    np.testing.assert_array_equal(folded, expected)
+    rounded_twice = weights * scale.astype(dtype).reshape(broadcast)
+    assert not np.array_equal(folded, rounded_twice)  # the float64 product matters

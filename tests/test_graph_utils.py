@@ -160,3 +160,26 @@ def test_output_files_follow_the_umask(tmp_path):
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.split("\n")[:2] == ["quantize 0o22 ['0o644']", "dump 0o27 ['0o640']"]
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64, np.int8, np.int16,
+                                   np.int32, np.int64, np.uint8, np.uint16, np.bool_])
+@pytest.mark.parametrize("shape", [(), (1,), (3,), (2, 3, 4), (0,), (5, 0)])
+def test_const_node_is_make_tensor_protos_node_and_const_value_reads_it(dtype, shape):
+    """const_node writes a weight's bytes once, yet gives the very NodeDef that
+    tf.make_tensor_proto's tensor gives; const_value reads every form back (a read-only view of
+    raw bytes)."""
+    rng = np.random.default_rng(0)
+    array = (rng.standard_normal(shape) * 10).astype(dtype)
+    for value in (array, np.asfortranarray(array)):
+        expected = utils.make_node("Const", "c", dtype=tf.as_dtype(value.dtype),
+                                   value=tf.compat.v1.AttrValue(
+                                       tensor=tf.make_tensor_proto(value)))
+        node = utils.const_node("c", value)
+        assert node.SerializeToString(deterministic=True) == \
+            expected.SerializeToString(deterministic=True)
+        read = utils.const_value(node)
+        assert read.dtype == value.dtype and read.shape == value.shape
+        np.testing.assert_array_equal(read, value)
+        np.testing.assert_array_equal(utils.const_value(expected), tf.make_ndarray(
+            expected.attr["value"].tensor))

@@ -6,6 +6,7 @@ import pytest
 
 import helpers
 from decent_q import ptq, write
+from decent_q.errors import QuantizeError
 from decent_q.graph import utils
 
 
@@ -20,18 +21,36 @@ def test_write_models_suffix(tmp_path):
     assert out["deploy_model"].endswith("deploy_model_2000_20200611000000.pb")
 
 
-def test_interrupt_while_the_deploy_model_serializes_leaves_no_file(tmp_path, monkeypatch):
-    """The eval model's bytes are already on their way to a temporary file: an interrupt while
-    the deploy model serializes removes it, and neither model is written."""
+class _Unserializable:
+    def SerializeToString(self, deterministic=False):  # pylint: disable=invalid-name
+        raise KeyboardInterrupt
+
+
+def _fails_to_build(*_):
+    raise QuantizeError("the quantized constants cannot be evaluated")
+
+
+@pytest.mark.parametrize("existing", [False, True], ids=["new_folder", "existing_folder"])
+@pytest.mark.parametrize("deploy_graph_def, error", [
+    (lambda *_: _Unserializable(), KeyboardInterrupt),
+    (_fails_to_build, QuantizeError),
+], ids=["interrupt_while_serializing", "error_while_building"])
+def test_a_failing_deploy_model_leaves_no_file_and_no_new_folder(tmp_path, monkeypatch, existing,
+                                                                 deploy_graph_def, error):
+    """The eval model's bytes are already on their way to a temporary file while the deploy
+    model is built and serialized: if that fails or is interrupted, the temporary file is
+    removed, neither model is written, and folders this call made (output_dir and its missing
+    parents) are removed again; a folder that was there stays."""
     paths = ptq.quantize_frozen(helpers.small_cnn(), helpers.input_fn,
                                 helpers.config(output_dir=str(tmp_path / "ptq")), progress=False)
     eval_gd = utils.load_graph_def(paths["quantize_eval_model"])
-
-    class Unserializable:
-        def SerializeToString(self, deterministic=False):  # pylint: disable=invalid-name
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(write.deploy, "deploy_graph_def", lambda *_: Unserializable())
-    with pytest.raises(KeyboardInterrupt):
-        write.write_models(eval_gd, helpers.config(output_dir=str(tmp_path / "out")))
-    assert os.listdir(tmp_path / "out") == []
+    out = tmp_path / "out" / "nested" if not existing else tmp_path / "out"
+    if existing:
+        out.mkdir()
+    monkeypatch.setattr(write.deploy, "deploy_graph_def", deploy_graph_def)
+    with pytest.raises(error):
+        write.write_models(eval_gd, helpers.config(output_dir=str(out)))
+    if existing:
+        assert os.listdir(out) == []
+    else:
+        assert not (tmp_path / "out").exists()

@@ -9,6 +9,7 @@ import os
 import re
 import tempfile
 
+import numpy as np
 import tensorflow as tf
 from google.protobuf import message as pb_message
 
@@ -370,12 +371,38 @@ def attr_value(value):
     raise TypeError(f"unsupported attr value {value!r}")
 
 
+# Numeric dtypes whose multi-element tensors TensorFlow stores as raw bytes (tensor_content),
+# C order, little-endian as numpy holds them here.
+_RAW_DTYPES = frozenset(np.dtype(t) for t in (np.float16, np.float32, np.float64, np.int8,
+                                              np.int16, np.int32, np.int64, np.uint8))
+
+
 def const_node(name, array, dtype=None):
-    array = array if dtype is None else array.astype(dtype)
-    return make_node("Const", name, dtype=tf.as_dtype(array.dtype),
-                     value=tf.compat.v1.AttrValue(tensor=tf.make_tensor_proto(array)))
+    """A Const NodeDef holding `array` (cast to `dtype` if given).
+
+    A weight tensor's bytes go into the node once: the same TensorProto that
+    tf.make_tensor_proto makes (tensor_content for more than one element of a numeric
+    dtype), without its copies through an AttrValue (ResNet50's folded weights: 100 MB)."""
+    array = np.asarray(array if dtype is None else array.astype(dtype))
+    if array.size <= 1 or array.dtype not in _RAW_DTYPES:
+        return make_node("Const", name, dtype=tf.as_dtype(array.dtype),
+                         value=tf.compat.v1.AttrValue(tensor=tf.make_tensor_proto(array)))
+    node = tf.compat.v1.NodeDef(op="Const", name=name)
+    node.attr["dtype"].type = tf.as_dtype(array.dtype).as_datatype_enum
+    tensor = node.attr["value"].tensor
+    tensor.dtype = node.attr["dtype"].type
+    tensor.tensor_shape.CopyFrom(tf.TensorShape(array.shape).as_proto())
+    tensor.tensor_content = array.tobytes()
+    return node
 
 
 def const_value(node):
-    """The numpy value of a Const node."""
-    return tf.make_ndarray(node.attr["value"].tensor)
+    """The numpy value of a Const node. Read-only when the tensor is stored as raw bytes
+    (then a view of them, not a copy: copy it before changing it)."""
+    tensor = node.attr["value"].tensor
+    if tensor.tensor_content:
+        dtype = np.dtype(tf.as_dtype(tensor.dtype).as_numpy_dtype)
+        if dtype in _RAW_DTYPES:
+            shape = [d.size for d in tensor.tensor_shape.dim]
+            return np.frombuffer(tensor.tensor_content, dtype).reshape(shape)
+    return tf.make_ndarray(tensor)

@@ -68,6 +68,7 @@ def run_passes(passes, graph_def, config):
     return graph_def
 
 
+@utils.gc_paused
 def prepare_float_graph(graph_def, config):
     """:data:`FLOAT_PASSES` on a frozen float GraphDef, then :func:`restore_outside`.
 

@@ -1,8 +1,9 @@
 """Inference clean-up of a frozen GraphDef: function calls, Identity/CheckNumerics, dropout,
 constant folding.
 
-Each function is pure: GraphDef in, new GraphDef out. Nodes named in ``keep`` (the user's
-input and output nodes) are never removed or renamed.
+Each function is pure: it never changes the GraphDef it is given, and returns a new one, or the
+same one when it has nothing to change (no copy of the weights for a no-op). Nodes named in
+``keep`` (the user's input and output nodes) are never removed or renamed.
 """
 
 import numpy as np
@@ -40,19 +41,25 @@ def _bypass(graph_def, replace):
             seen += 1
         return inp
 
+    if not replace:
+        return graph_def
     nodes = []
     for node in graph_def.node:
         if node.name in replace:
             continue
-        new = tf.compat.v1.NodeDef()
-        new.CopyFrom(node)
-        del new.input[:]
+        inputs = []
         for inp in node.input:
             resolved = resolve(inp)
             # A data input may repeat (Switch(pred, pred) of tf.cond); a control input not.
-            if not is_control(resolved) or resolved not in new.input:
-                new.input.append(resolved)
-        nodes.append(new)
+            if not is_control(resolved) or resolved not in inputs:
+                inputs.append(resolved)
+        if inputs != list(node.input):  # with_nodes copies the rest (a Const's weights) once
+            new = tf.compat.v1.NodeDef()
+            new.CopyFrom(node)
+            del new.input[:]
+            new.input.extend(inputs)
+            node = new
+        nodes.append(node)
     return utils.with_nodes(graph_def, nodes)
 
 
@@ -131,8 +138,23 @@ def sinks(graph_def, exclude=()):
 
 def remove_dead(graph_def, keep):
     """Keeps only `keep` nodes and their ancestors."""
-    alive = utils.NodeMap(graph_def).ancestors(keep)
-    return utils.with_nodes(graph_def, [n for n in graph_def.node if n.name in alive])
+    nodes = live_nodes(graph_def.node, keep)
+    if len(nodes) == len(graph_def.node):
+        return graph_def
+    return utils.with_nodes(graph_def, nodes)
+
+
+def live_nodes(nodes, keep):
+    """Of the NodeDefs `nodes` (a graph's, in order), the `keep` nodes and their ancestors
+    (data and control), in order: :func:`remove_dead` on nodes not yet in a GraphDef."""
+    inputs = {node.name: node.input for node in nodes}
+    alive, stack = set(), [name for name in keep if name in inputs]
+    while stack:
+        name = stack.pop()
+        if name not in alive:
+            alive.add(name)
+            stack.extend(n for n in map(node_name, inputs[name]) if n in inputs)
+    return [node for node in nodes if node.name in alive]
 
 
 def fold_constants(graph_def, keep=()):
