@@ -26,16 +26,16 @@ def write_models(eval_graph_def, config, suffix=""):
       {"quantize_eval_model": path, "deploy_model": path[, "quantize_eval_model_onnx": path]}.
     """
     eval_gd = transforms.adjust_positions(eval_graph_def, config)
-    created = _missing_folders(config.output_dir)
-    utils.prepare_output_dir(config.output_dir)
+    eval_bytes = eval_gd.SerializeToString(deterministic=True)
     paths = {"quantize_eval_model": os.path.join(config.output_dir,
                                                  f"quantize_eval_model{suffix}.pb"),
              "deploy_model": os.path.join(config.output_dir, f"deploy_model{suffix}.pb")}
+    created = _missing_folders(config.output_dir)
+    utils.prepare_output_dir(config.output_dir)
     # The eval model's bytes go to its temporary file on a thread (the write and fsync release
     # the GIL) while the deploy (and ONNX) model is built and serialized; nothing gets its
     # real name before every model is built, and the files are completed in order, eval model
     # first.
-    eval_bytes = eval_gd.SerializeToString(deterministic=True)
     onnx_model = None
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
         pending = pool.submit(utils.write_temp, paths["quantize_eval_model"], eval_bytes)
@@ -45,13 +45,14 @@ def write_models(eval_graph_def, config, suffix=""):
             if config.output_format == "onnx":
                 onnx_model = onnx_export.to_onnx(eval_gd, config.onnx_opset,
                                                  config.onnx_rounding)
+            eval_temp = pending.result()
         except BaseException:
             try:
-                utils.remove_temp(pending.result())
+                _discard(pending)
             finally:
                 _remove_empty(created)  # a failed run leaves no folder it made either
             raise
-    utils.commit_temp(pending.result(), paths["quantize_eval_model"])
+    utils.commit_temp(eval_temp, paths["quantize_eval_model"])
     utils.write_atomic(paths["deploy_model"], deploy_bytes)
     if onnx_model is not None:
         paths["quantize_eval_model_onnx"] = os.path.join(config.output_dir,
@@ -69,6 +70,16 @@ def _missing_folders(path):
         missing.append(path)
         path = os.path.dirname(path)
     return missing
+
+
+def _discard(pending):
+    """Removes the temporary file of a pending write_temp; if the write failed, write_temp
+    removed it already (the caller's error, not the write's, is the one to report)."""
+    try:
+        temp = pending.result()
+    except Exception:  # pylint: disable=broad-except
+        return
+    utils.remove_temp(temp)
 
 
 def _remove_empty(folders):

@@ -138,3 +138,15 @@ def test_passes_leave_their_input_unchanged_and_return_it_when_there_is_nothing_
     np.testing.assert_array_equal(run(alive, x), run(gd, x))
     assert cleanup.remove_identities(alive, keep) is alive
     assert cleanup.remove_dead(alive, keep) is alive
+
+
+def test_repeated_control_inputs_are_dropped_even_with_nothing_to_bypass():
+    """remove_identities on a graph without Identity ops still writes each control input once
+    (as it always did): the early return is only for a graph it leaves as it is."""
+    gd = build(lambda x: tf.nn.relu(x, name="out"))
+    out = next(n for n in gd.node if n.name == "out")
+    out.input.extend(["^input", "^input"])
+    cleaned = cleanup.remove_identities(gd, keep=["input", "out"])
+    assert cleaned is not gd
+    assert list(next(n for n in cleaned.node if n.name == "out").input) == ["input", "^input"]
+    assert list(out.input) == ["input", "^input", "^input"]  # the input graph is unchanged

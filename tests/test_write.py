@@ -30,6 +30,38 @@ def _fails_to_build(*_):
     raise QuantizeError("the quantized constants cannot be evaluated")
 
 
+def test_the_build_error_is_reported_when_the_eval_write_failed_too(tmp_path, monkeypatch):
+    """A failing deploy build while the eval model's write failed as well: the caller gets the
+    build's error (not the write's), and no file or new folder is left."""
+    paths = ptq.quantize_frozen(helpers.small_cnn(), helpers.input_fn,
+                                helpers.config(output_dir=str(tmp_path / "ptq")), progress=False)
+    eval_gd = utils.load_graph_def(paths["quantize_eval_model"])
+
+    def no_space(path, data):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(write.utils, "write_temp", no_space)
+    monkeypatch.setattr(write.deploy, "deploy_graph_def", _fails_to_build)
+    with pytest.raises(QuantizeError, match="cannot be evaluated"):
+        write.write_models(eval_gd, helpers.config(output_dir=str(tmp_path / "out" / "x")))
+    assert not (tmp_path / "out").exists()
+    monkeypatch.undo()
+    monkeypatch.setattr(write.utils, "write_temp", no_space)  # the write alone fails
+    with pytest.raises(OSError, match="No space"):
+        write.write_models(eval_gd, helpers.config(output_dir=str(tmp_path / "out" / "x")))
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_eval_model_that_cannot_serialize_creates_no_folder(tmp_path, monkeypatch):
+    """The eval model is serialized before output_dir is made: its failure leaves nothing."""
+    class TooLarge:
+        def SerializeToString(self, deterministic=False):  # pylint: disable=invalid-name
+            raise ValueError("Message tensorflow.GraphDef exceeds maximum protobuf size of 2GB")
+    monkeypatch.setattr(write.transforms, "adjust_positions", lambda *_: TooLarge())
+    with pytest.raises(ValueError, match="2GB"):
+        write.write_models(helpers.small_cnn(), helpers.config(output_dir=str(tmp_path / "out")))
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("existing", [False, True], ids=["new_folder", "existing_folder"])
 @pytest.mark.parametrize("deploy_graph_def, error", [
     (lambda *_: _Unserializable(), KeyboardInterrupt),

@@ -397,8 +397,9 @@ def const_node(name, array, dtype=None):
 
 
 def const_value(node):
-    """The numpy value of a Const node. Read-only when the tensor is stored as raw bytes
-    (then a view of them, not a copy: copy it before changing it)."""
+    """The numpy value of a Const node. Read-only when the tensor is stored as raw bytes: a
+    view of the bytes read from the proto (one copy instead of tf.make_ndarray's two); copy
+    it before changing it."""
     tensor = node.attr["value"].tensor
     if tensor.tensor_content:
         dtype = np.dtype(tf.as_dtype(tensor.dtype).as_numpy_dtype)

@@ -78,7 +78,8 @@ def prepare_float_graph(graph_def, config):
         simulate_dpu and scale_all_avgpool select and tune the optional passes).
 
     Returns:
-      A new GraphDef, ready for :func:`decent_q.plan.plan_quantization`.
+      A GraphDef ready for :func:`decent_q.plan.plan_quantization`: a new one, or
+      `graph_def` itself when no pass changed anything (passes never change their input).
     """
     return restore_outside(graph_def, run_passes(FLOAT_PASSES, graph_def, config), config)
 

@@ -41,9 +41,7 @@ def _bypass(graph_def, replace):
             seen += 1
         return inp
 
-    if not replace:
-        return graph_def
-    nodes = []
+    nodes, changed = [], False
     for node in graph_def.node:
         if node.name in replace:
             continue
@@ -58,8 +56,10 @@ def _bypass(graph_def, replace):
             new.CopyFrom(node)
             del new.input[:]
             new.input.extend(inputs)
-            node = new
+            node, changed = new, True
         nodes.append(node)
+    if not replace and not changed:  # nothing bypassed, no repeated control input dropped
+        return graph_def
     return utils.with_nodes(graph_def, nodes)
 
 

@@ -157,7 +157,7 @@ def _match_fold(nm, graph_view, context, name, keep):
 def scale_weights(weights, scale, op, transpose_b=False):
     """Multiplies `weights` by a per-output-channel `scale`, in float64 (module docstring)."""
     # Each product is taken in float64 and rounded once to the weights' dtype, element by
-    # element: no float64 copy of the whole tensor (ResNet50: 0.28 s -> 0.03 s).
+    # element: no float64 copy of the whole tensor (ResNet50: 0.28 s -> 0.09 s).
     out = np.empty_like(weights)
     np.multiply(weights, scale.reshape(layers.channel_shape(op, weights.shape, transpose_b)),
                 out=out, dtype=np.float64, casting="same_kind")

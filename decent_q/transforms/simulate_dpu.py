@@ -311,7 +311,7 @@ def simulate_dpu(graph_def, config=None):
         over a placeholder of unknown shape) are read. None: scale_all_avgpool=1.
 
     Returns:
-      A new GraphDef.
+      A new GraphDef, or `graph_def` itself when there was nothing to rewrite.
     """
     ends = cleanup.sinks(graph_def)
     nm = None
